@@ -1,0 +1,92 @@
+"""Pieces every Numba CPU launcher shares: activations by code, time-major
+layout in and out, and the mask bookkeeping.
+
+Layout inside the kernels is time-major, [T, B, .], so that step t is one
+contiguous [B, .] slab for the per-step BLAS call. Processing order is stored:
+with go_backwards the input is reversed once on the way in, and gradients
+with respect to x are reversed once on the way out.
+"""
+
+import numpy as np
+from numba import njit
+
+# Codes as in _validate.ACTIVATIONS: 0 tanh, 1 relu, 2 sigmoid, 3 linear, 4 hard_sigmoid.
+
+
+@njit(cache=True, inline="always")
+def apply_activation(code, v):
+    if code == 0:
+        return np.tanh(v)
+    if code == 1:
+        return v if v > 0.0 else 0.0 * v
+    if code == 2:
+        return 1.0 / (1.0 + np.exp(-v))
+    if code == 4:
+        y = v / 6.0 + 0.5
+        return 0.0 if y <= 0.0 else (1.0 if y >= 1.0 else y)
+    return v
+
+
+@njit(cache=True, inline="always")
+def activation_grad_from_output(code, y):
+    # d act(v) / dv written in terms of y = act(v).
+    if code == 0:
+        return 1.0 - y * y
+    if code == 1:
+        return 1.0 if y > 0.0 else 0.0
+    if code == 2:
+        return y * (1.0 - y)
+    if code == 4:
+        return 1.0 / 6.0 if (y > 0.0 and y < 1.0) else 0.0
+    return 1.0
+
+
+def to_time_major(x, go_backwards):
+    """[B, T, F] -> C-contiguous [T, B, F] in processing order (one copy)."""
+    if go_backwards:
+        x = x[:, ::-1]
+    return np.ascontiguousarray(x.transpose(1, 0, 2))
+
+
+def from_time_major(a_tm, go_backwards):
+    """[T, B, F] in processing order -> C-contiguous [B, T, F] in input order."""
+    a = a_tm.transpose(1, 0, 2)
+    if go_backwards:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a)
+
+
+def time_major_mask(mask, batch, time, go_backwards):
+    """Return (mask [T, B] bool in processing order, first [B] int64).
+
+    first[b] is the first processed step at which row b is unmasked (T if
+    never): Keras' outputs are zeros before it, and repeat the state after it.
+    """
+    if mask is None:
+        return np.ones((time, batch), np.bool_), np.zeros(batch, np.int64)
+    m = mask[:, ::-1] if go_backwards else mask
+    first = np.where(m.any(axis=1), m.argmax(axis=1), time).astype(np.int64)
+    return np.ascontiguousarray(m.T), first
+
+
+@njit(cache=True)
+def masked_output_rows(states, out, mask, first, t):
+    """Keras' rule for rows masked at step t: keep the state, repeat the previous output."""
+    batch, units = states.shape[1], states.shape[2]
+    for b in range(batch):
+        if not mask[t, b]:
+            keep = t > first[b]
+            for j in range(units):
+                h = states[t, b, j]
+                states[t + 1, b, j] = h
+                out[b, t, j] = h if keep else 0.0 * h
+
+
+@njit(cache=True)
+def add_output_grad(dh, d_out, mask, first, t):
+    """dh += d_out[:, t] where step t's output is the state (t >= first row)."""
+    batch, units = dh.shape
+    for b in range(batch):
+        if t >= first[b]:
+            for j in range(units):
+                dh[b, j] += d_out[b, t, j]

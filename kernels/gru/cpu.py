@@ -1,0 +1,315 @@
+"""GRU forward and backward on the CPU (Numba + BLAS), Keras gate order z | r | h.
+
+reset_after=True (Keras default), bias [2, 3H]:
+    xz, xr, xh = x_t W + b_in;   hz, hr, hh = h_{t-1} U + b_rec
+    z = sig(xz + hz);  r = sig(xr + hr);  c = act(xh + r * hh)
+    h_t = z * h_{t-1} + (1 - z) * c
+reset_after=False, bias [3H]:
+    c = act(xh + (r * h_{t-1}) U_h)
+
+Forward: one GEMM projects every step's input; per step one BLAS call
+(reset_after=True: h U) or two (False: h U_zr, then (r*h) U_h), and fused
+elementwise passes. The projected input buffer is overwritten in place with
+the gates z | r | c, so nothing is stored twice. Backward: per step fused
+passes for the gate gradients and one (two) BLAS calls for dh_{t-1}; weight
+gradients are one GEMM each after the loop.
+
+Saved for backward, per step and batch row: x_t (I floats), z | r | c (3H),
+hh or r*h_{t-1} (H) and h_t (H): I + 5H floats.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .. import _validate as v
+from .._cpu_common import (
+    activation_grad_from_output,
+    add_output_grad,
+    apply_activation,
+    from_time_major,
+    masked_output_rows,
+    time_major_mask,
+    to_time_major,
+)
+
+
+@njit(cache=True)
+def _forward_reset_after(gates, recurrent_kernel, b_rec, states, hh_saved, out, mask, first,
+                         act, ract):
+    # gates [T, B, 3H]: x W + b_in on entry, z | r | c on exit. hh_saved [T, B, H].
+    time, batch, width = gates.shape
+    units = width // 3
+    rec = np.empty((batch, width), gates.dtype)
+    for t in range(time):
+        np.dot(states[t], recurrent_kernel, rec)
+        for b in range(batch):
+            if not mask[t, b]:
+                continue
+            g = gates[t, b]
+            for j in range(units):
+                hh = rec[b, 2 * units + j] + b_rec[2 * units + j]
+                z = apply_activation(ract, g[j] + rec[b, j] + b_rec[j])
+                r = apply_activation(ract, g[units + j] + rec[b, units + j] + b_rec[units + j])
+                c = apply_activation(act, g[2 * units + j] + r * hh)
+                h = z * states[t, b, j] + (1.0 - z) * c
+                g[j] = z
+                g[units + j] = r
+                g[2 * units + j] = c
+                hh_saved[t, b, j] = hh
+                states[t + 1, b, j] = h
+                out[b, t, j] = h
+        masked_output_rows(states, out, mask, first, t)
+
+
+@njit(cache=True)
+def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t, mask, first,
+                          act, ract, d_xw, d_hu):
+    # d_xw [T, B, 3H] = dL/d(x W + b_in); d_hu [T, B, 3H] = dL/d(h U + b_rec).
+    time, batch, width = gates.shape
+    units = width // 3
+    rec = np.empty((batch, units), dh.dtype)
+    for t in range(time - 1, -1, -1):
+        add_output_grad(dh, d_out, mask, first, t)
+        for b in range(batch):
+            dx_row = d_xw[t, b]
+            du_row = d_hu[t, b]
+            if not mask[t, b]:
+                dx_row[:] = 0.0
+                du_row[:] = 0.0
+                continue
+            g = gates[t, b]
+            for j in range(units):
+                z = g[j]
+                r = g[units + j]
+                c = g[2 * units + j]
+                dht = dh[b, j]
+                d_pc = dht * (1.0 - z) * activation_grad_from_output(act, c)
+                d_pz = dht * (states[t, b, j] - c) * activation_grad_from_output(ract, z)
+                d_pr = d_pc * hh_saved[t, b, j] * activation_grad_from_output(ract, r)
+                dx_row[j] = d_pz
+                dx_row[units + j] = d_pr
+                dx_row[2 * units + j] = d_pc
+                du_row[j] = d_pz
+                du_row[units + j] = d_pr
+                du_row[2 * units + j] = d_pc * r
+                dh[b, j] = dht * z
+        np.dot(d_hu[t], recurrent_kernel_t, rec)
+        for b in range(batch):
+            if mask[t, b]:
+                for j in range(units):
+                    dh[b, j] += rec[b, j]
+
+
+@njit(cache=True)
+def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mask, first,
+                          act, ract):
+    # gates [T, B, 3H]: x W + b on entry, z | r | c on exit. rh_saved [T, B, H] = r * h_{t-1}.
+    time, batch, width = gates.shape
+    units = width // 3
+    rec_zr = np.empty((batch, 2 * units), gates.dtype)
+    rec_h = np.empty((batch, units), gates.dtype)
+    for t in range(time):
+        np.dot(states[t], kernel_zr, rec_zr)
+        for b in range(batch):
+            g = gates[t, b]
+            if not mask[t, b]:
+                rh_saved[t, b, :] = 0.0
+                continue
+            for j in range(units):
+                z = apply_activation(ract, g[j] + rec_zr[b, j])
+                r = apply_activation(ract, g[units + j] + rec_zr[b, units + j])
+                g[j] = z
+                g[units + j] = r
+                rh_saved[t, b, j] = r * states[t, b, j]
+        np.dot(rh_saved[t], kernel_h, rec_h)
+        for b in range(batch):
+            if not mask[t, b]:
+                continue
+            g = gates[t, b]
+            for j in range(units):
+                z = g[j]
+                c = apply_activation(act, g[2 * units + j] + rec_h[b, j])
+                g[2 * units + j] = c
+                h = z * states[t, b, j] + (1.0 - z) * c
+                states[t + 1, b, j] = h
+                out[b, t, j] = h
+        masked_output_rows(states, out, mask, first, t)
+
+
+@njit(cache=True)
+def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, mask, first,
+                           act, ract, d_xw):
+    # d_xw [T, B, 3H] = dL/d(x W + b); its z | r columns are also dL/d(h U_zr).
+    time, batch, width = gates.shape
+    units = width // 3
+    d_pc = np.empty((batch, units), dh.dtype)
+    d_rh = np.empty((batch, units), dh.dtype)
+    d_zr = np.empty((batch, 2 * units), dh.dtype)
+    rec = np.empty((batch, units), dh.dtype)
+    for t in range(time - 1, -1, -1):
+        add_output_grad(dh, d_out, mask, first, t)
+        for b in range(batch):
+            if not mask[t, b]:
+                d_pc[b, :] = 0.0
+                continue
+            g = gates[t, b]
+            for j in range(units):
+                z = g[j]
+                c = g[2 * units + j]
+                dht = dh[b, j]
+                d_pc[b, j] = dht * (1.0 - z) * activation_grad_from_output(act, c)
+                d_zr[b, j] = dht * (states[t, b, j] - c) * activation_grad_from_output(ract, z)
+                dh[b, j] = dht * z
+        np.dot(d_pc, kernel_h_t, d_rh)
+        for b in range(batch):
+            dx_row = d_xw[t, b]
+            if not mask[t, b]:
+                dx_row[:] = 0.0
+                d_zr[b, :] = 0.0
+                continue
+            g = gates[t, b]
+            for j in range(units):
+                r = g[units + j]
+                d_pr = d_rh[b, j] * states[t, b, j] * activation_grad_from_output(ract, r)
+                d_zr[b, units + j] = d_pr
+                dh[b, j] += d_rh[b, j] * r
+                dx_row[j] = d_zr[b, j]
+                dx_row[units + j] = d_pr
+                dx_row[2 * units + j] = d_pc[b, j]
+        np.dot(d_zr, kernel_zr_t, rec)
+        for b in range(batch):
+            if mask[t, b]:
+                for j in range(units):
+                    dh[b, j] += rec[b, j]
+
+
+@dataclass(eq=False)
+class GRUSaved:
+    """What gru_backward needs; treat as opaque."""
+
+    x_tm: np.ndarray
+    gates: np.ndarray
+    extra: np.ndarray  # hh (reset_after=True) or r * h_{t-1} (False), [T, B, H]
+    states: np.ndarray
+    mask: np.ndarray
+    first: np.ndarray
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    has_bias: bool
+    reset_after: bool
+    act: int
+    ract: int
+    go_backwards: bool
+
+
+def _bias_shape(reset_after):
+    return (lambda h: (2, 3 * h)) if reset_after else (lambda h: (3 * h,))
+
+
+def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=True,
+                go_backwards=False, activation="tanh", recurrent_activation="sigmoid"):
+    """GRU over a whole sequence, Keras semantics and weight layout (z | r | h).
+
+    Args:
+        x: [B, T, I] float32 or float64.
+        h0: [B, H] initial state, or None for zeros.
+        kernel: [I, 3H]. recurrent_kernel: [H, 3H].
+        bias: [2, 3H] (input row, recurrent row) when reset_after, else [3H];
+            None for use_bias=False.
+        mask: bool [B, T] or None. A masked step keeps the state and repeats the
+            previous output (zeros before the first unmasked step).
+        reset_after: Keras' reset_after (True applies r after the recurrent matmul).
+        go_backwards: process time in reverse; outputs are in processing order.
+        activation: candidate activation ("tanh" default; see kernels.ACTIVATIONS).
+        recurrent_activation: gate activation ("sigmoid" default).
+
+    Returns:
+        out [B, T, H], h_last [B, H], saved (for gru_backward).
+
+    Example:
+        >>> import numpy as np
+        >>> from fastrnn import kernels
+        >>> x = np.ones((2, 5, 3), np.float32)
+        >>> W = np.full((3, 12), 0.1, np.float32); U = np.zeros((4, 12), np.float32)
+        >>> out, h, saved = kernels.gru_forward(x, None, W, U, None)
+        >>> out.shape, h.shape
+        ((2, 5, 4), (2, 4))
+    """
+    if not isinstance(reset_after, (bool, np.bool_)):
+        raise TypeError(f"reset_after must be a bool, got {reset_after!r}")
+    x = v.check_x(x)
+    kernel, recurrent_kernel, bias, units = v.check_weights(
+        x, kernel, recurrent_kernel, 3, bias, _bias_shape(reset_after))
+    batch, time, _ = x.shape
+    h0 = v.check_state(h0, "h0", batch, units, x.dtype)
+    act = v.activation_code(activation)
+    ract = v.activation_code(recurrent_activation, "recurrent_activation")
+    mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+
+    x_tm = to_time_major(x, go_backwards)
+    gates = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, 3 * units)
+    states = np.empty((time + 1, batch, units), x.dtype)
+    states[0] = h0
+    extra = np.empty((time, batch, units), x.dtype)
+    out = np.empty((batch, time, units), x.dtype)
+    if reset_after:
+        b_rec = np.zeros(3 * units, x.dtype) if bias is None else bias[1]
+        if bias is not None:
+            gates += bias[0]
+        _forward_reset_after(gates, recurrent_kernel, b_rec, states, extra, out, mask_tm, first,
+                             act, ract)
+    else:
+        if bias is not None:
+            gates += bias
+        _forward_reset_before(gates, np.ascontiguousarray(recurrent_kernel[:, :2 * units]),
+                              np.ascontiguousarray(recurrent_kernel[:, 2 * units:]),
+                              states, extra, out, mask_tm, first, act, ract)
+    saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
+                     bias is not None, bool(reset_after), act, ract, go_backwards)
+    return out, states[time].copy(), saved
+
+
+def gru_backward(saved, d_out, d_h_last):
+    """Gradients of gru_forward.
+
+    Args:
+        saved: the third value returned by gru_forward.
+        d_out: [B, T, H] gradient of the outputs, or None.
+        d_h_last: [B, H] gradient of the final state, or None.
+
+    Returns:
+        dx [B, T, I], dh0 [B, H], d_kernel [I, 3H], d_recurrent_kernel [H, 3H],
+        d_bias ([2, 3H] or [3H]; None when the forward had no bias).
+    """
+    v.check_saved(saved, GRUSaved, "gru_forward")
+    time, batch, width = saved.gates.shape
+    units = width // 3
+    dtype = saved.gates.dtype
+    d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
+    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
+    rk = saved.recurrent_kernel
+    d_xw = np.empty((time, batch, width), dtype)
+    h_prev = saved.states[:time].reshape(time * batch, units)
+    d_xw2 = d_xw.reshape(time * batch, width)
+    if saved.reset_after:
+        d_hu = np.empty((time, batch, width), dtype)
+        _backward_reset_after(saved.gates, saved.extra, saved.states, d_out, dh,
+                              np.ascontiguousarray(rk.T), saved.mask, saved.first,
+                              saved.act, saved.ract, d_xw, d_hu)
+        d_hu2 = d_hu.reshape(time * batch, width)
+        d_recurrent = h_prev.T @ d_hu2
+        d_bias = np.stack([d_xw2.sum(axis=0), d_hu2.sum(axis=0)]) if saved.has_bias else None
+    else:
+        _backward_reset_before(saved.gates, saved.states, d_out, dh,
+                               np.ascontiguousarray(rk[:, :2 * units].T),
+                               np.ascontiguousarray(rk[:, 2 * units:].T),
+                               saved.mask, saved.first, saved.act, saved.ract, d_xw)
+        d_recurrent = np.empty_like(rk)
+        d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]
+        d_recurrent[:, 2 * units:] = saved.extra.reshape(time * batch, units).T @ d_xw2[:, 2 * units:]
+        d_bias = d_xw2.sum(axis=0) if saved.has_bias else None
+    dx = from_time_major((d_xw2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
+    d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_xw2
+    return dx, dh, d_kernel, d_recurrent, d_bias

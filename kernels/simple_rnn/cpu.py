@@ -1,0 +1,145 @@
+"""SimpleRNN forward and backward on the CPU (Numba + BLAS).
+
+    h_t = act(x_t W + b + h_{t-1} U)
+
+Forward: one GEMM projects every step's input, then per step one BLAS call
+(h_{t-1} U) and one fused elementwise pass. Backward: per step one fused pass
+(d_pre = dh * act'(h_t)) and one BLAS call (d_pre U^T); the weight gradients are
+one GEMM each after the loop.
+
+Saved for backward, per step and batch row: x_t (I floats) and h_t (H floats).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .. import _validate as v
+from .._cpu_common import (
+    activation_grad_from_output,
+    add_output_grad,
+    apply_activation,
+    from_time_major,
+    masked_output_rows,
+    time_major_mask,
+    to_time_major,
+)
+
+
+@njit(cache=True)
+def _forward_kernel(xw, recurrent_kernel, states, out, mask, first, act):
+    # xw [T, B, H] = x W + b; states [T+1, B, H] with states[0] = h0; out [B, T, H].
+    time, batch, units = xw.shape
+    rec = np.empty((batch, units), xw.dtype)
+    for t in range(time):
+        np.dot(states[t], recurrent_kernel, rec)
+        for b in range(batch):
+            if mask[t, b]:
+                for j in range(units):
+                    h = apply_activation(act, xw[t, b, j] + rec[b, j])
+                    states[t + 1, b, j] = h
+                    out[b, t, j] = h
+        masked_output_rows(states, out, mask, first, t)
+
+
+@njit(cache=True)
+def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre):
+    # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit; d_pre [T, B, H] out.
+    time, batch, units = d_pre.shape
+    rec = np.empty((batch, units), dh.dtype)
+    for t in range(time - 1, -1, -1):
+        add_output_grad(dh, d_out, mask, first, t)
+        for b in range(batch):
+            if mask[t, b]:
+                for j in range(units):
+                    d_pre[t, b, j] = dh[b, j] * activation_grad_from_output(act, states[t + 1, b, j])
+            else:
+                for j in range(units):
+                    d_pre[t, b, j] = 0.0
+        np.dot(d_pre[t], recurrent_kernel_t, rec)
+        for b in range(batch):
+            if mask[t, b]:
+                for j in range(units):
+                    dh[b, j] = rec[b, j]
+
+
+@dataclass(eq=False)
+class SimpleRNNSaved:
+    """What simple_rnn_backward needs; treat as opaque."""
+
+    x_tm: np.ndarray
+    states: np.ndarray
+    mask: np.ndarray
+    first: np.ndarray
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    has_bias: bool
+    act: int
+    go_backwards: bool
+
+
+def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
+                       mask=None, go_backwards=False):
+    """SimpleRNN over a whole sequence, Keras semantics.
+
+    Args:
+        x: [B, T, I] float32 or float64.
+        h0: [B, H] initial state, or None for zeros.
+        kernel: [I, H]. recurrent_kernel: [H, H]. bias: [H] or None (use_bias=False).
+        activation: "tanh" (default), "relu", "sigmoid", "hard_sigmoid", "linear" or None.
+        mask: bool [B, T] or None. A masked step keeps the state and repeats the
+            previous output (zeros before the first unmasked step).
+        go_backwards: process time in reverse; outputs are in processing order.
+
+    Returns:
+        out [B, T, H], h_last [B, H], saved (for simple_rnn_backward).
+    """
+    x = v.check_x(x)
+    kernel, recurrent_kernel, bias, units = v.check_weights(
+        x, kernel, recurrent_kernel, 1, bias, lambda h: (h,))
+    batch, time, _ = x.shape
+    h0 = v.check_state(h0, "h0", batch, units, x.dtype)
+    act = v.activation_code(activation)
+    mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+
+    x_tm = to_time_major(x, go_backwards)
+    xw = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, units)
+    if bias is not None:
+        xw += bias
+    states = np.empty((time + 1, batch, units), x.dtype)
+    states[0] = h0
+    out = np.empty((batch, time, units), x.dtype)
+    _forward_kernel(xw, recurrent_kernel, states, out, mask_tm, first, act)
+    saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel,
+                           bias is not None, act, go_backwards)
+    return out, states[time].copy(), saved
+
+
+def simple_rnn_backward(saved, d_out, d_h_last):
+    """Gradients of simple_rnn_forward.
+
+    Args:
+        saved: the third value returned by simple_rnn_forward.
+        d_out: [B, T, H] gradient of the outputs, or None.
+        d_h_last: [B, H] gradient of the final state, or None.
+
+    Returns:
+        dx [B, T, I], dh0 [B, H], d_kernel [I, H], d_recurrent_kernel [H, H],
+        d_bias [H] (None when the forward had no bias).
+    """
+    v.check_saved(saved, SimpleRNNSaved, "simple_rnn_forward")
+    time, batch, units = saved.states.shape[0] - 1, saved.states.shape[1], saved.states.shape[2]
+    dtype = saved.states.dtype
+    d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
+    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
+
+    d_pre = np.empty((time, batch, units), dtype)
+    _backward_kernel(saved.states, d_out, dh, np.ascontiguousarray(saved.recurrent_kernel.T),
+                     saved.mask, saved.first, saved.act, d_pre)
+    d_pre2 = d_pre.reshape(time * batch, units)
+    dx = from_time_major((d_pre2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
+    d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_pre2
+    d_recurrent = saved.states[:time].reshape(time * batch, units).T @ d_pre2
+    d_bias = d_pre2.sum(axis=0) if saved.has_bias else None
+    return dx, dh, d_kernel, d_recurrent, d_bias

@@ -1,0 +1,45 @@
+"""float64 NumPy reference for SimpleRNN, the truth the fast kernels are checked against.
+
+    h_t = act(x_t W + b + h_{t-1} U)
+
+Same signatures as the fast kernels; results are always float64.
+"""
+
+import numpy as np
+
+from .._reference import activation_functions, f64, run_backward, run_forward
+
+
+def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
+                       mask=None, go_backwards=False):
+    """Returns out [B, T, H], h_last [B, H] and the tape for simple_rnn_backward."""
+    act, act_grad = activation_functions(activation)
+    W, U, b = f64(kernel), f64(recurrent_kernel), f64(bias)
+    h0 = np.zeros((x.shape[0], U.shape[0])) if h0 is None else h0
+
+    def step(x_t, states):
+        (h_prev,) = states
+        pre = x_t @ W + h_prev @ U
+        if b is not None:
+            pre = pre + b
+        return (act(pre),), (x_t, h_prev, pre)
+
+    def step_backward(cache, d_new):
+        x_t, h_prev, pre = cache
+        d_pre = d_new[0] * act_grad(pre)
+        db = None if b is None else d_pre.sum(axis=0)
+        return d_pre @ W.T, (d_pre @ U.T,), (x_t.T @ d_pre, h_prev.T @ d_pre, db)
+
+    out, (h_last,), tape = run_forward(step, x, (h0,), mask, go_backwards)
+    tape["step_backward"] = step_backward
+    tape["weights"] = (W, U, b)
+    return out, h_last, tape
+
+
+def simple_rnn_backward(tape, d_out, d_h_last):
+    """Returns dx, dh0, d_kernel, d_recurrent_kernel, d_bias (None without bias)."""
+    out_shape = tape["x_shape"][:2] + (tape["weights"][1].shape[0],)
+    d_out = np.zeros(out_shape) if d_out is None else d_out
+    d_h_last = np.zeros((out_shape[0], out_shape[2])) if d_h_last is None else d_h_last
+    dx, (dh0,), dw = run_backward(tape["step_backward"], tape, d_out, (d_h_last,))
+    return (dx, dh0) + dw
