@@ -10,35 +10,54 @@ with respect to x are reversed once on the way out.
 import numpy as np
 from numba import njit
 
-# Codes as in _validate.ACTIVATIONS: 0 tanh, 1 relu, 2 sigmoid, 3 linear, 4 hard_sigmoid.
+from ._math import sigmoid as fast_sigmoid
+from ._math import tanh as fast_tanh
+
+# Every kernel: cached on disk, and numpy's error model so that divisions carry
+# no zero-check branch and the elementwise loops vectorize.
+jit = njit(cache=True, error_model="numpy")
+
+# Activation codes as in _validate.ACTIVATIONS:
+# 0 tanh, 1 relu, 2 sigmoid, 3 linear, 4 hard_sigmoid.
 
 
-@njit(cache=True, inline="always")
-def apply_activation(code, v):
+@jit
+def activate(code, a):
+    """a = act(a) in place over a 1-D contiguous slab (the branch sits outside the loop)."""
+    n = a.shape[0]
     if code == 0:
-        return np.tanh(v)
-    if code == 1:
-        return v if v > 0.0 else 0.0 * v
-    if code == 2:
-        return 1.0 / (1.0 + np.exp(-v))
-    if code == 4:
-        y = v / 6.0 + 0.5
-        return 0.0 if y <= 0.0 else (1.0 if y >= 1.0 else y)
-    return v
+        for i in range(n):
+            a[i] = fast_tanh(a[i])
+    elif code == 1:
+        for i in range(n):
+            a[i] = max(a[i], 0.0)
+    elif code == 2:
+        for i in range(n):
+            a[i] = fast_sigmoid(a[i])
+    elif code == 4:
+        for i in range(n):
+            a[i] = min(max(a[i] / 6.0 + 0.5, 0.0), 1.0)
 
 
-@njit(cache=True, inline="always")
-def activation_grad_from_output(code, y):
-    # d act(v) / dv written in terms of y = act(v).
+@jit
+def activation_grad(code, y, out):
+    """out = act'(v) written in terms of y = act(v), over 1-D slabs."""
+    n = y.shape[0]
     if code == 0:
-        return 1.0 - y * y
-    if code == 1:
-        return 1.0 if y > 0.0 else 0.0
-    if code == 2:
-        return y * (1.0 - y)
-    if code == 4:
-        return 1.0 / 6.0 if (y > 0.0 and y < 1.0) else 0.0
-    return 1.0
+        for i in range(n):
+            out[i] = 1.0 - y[i] * y[i]
+    elif code == 1:
+        for i in range(n):
+            out[i] = 1.0 if y[i] > 0.0 else 0.0
+    elif code == 2:
+        for i in range(n):
+            out[i] = y[i] * (1.0 - y[i])
+    elif code == 4:
+        for i in range(n):
+            out[i] = 1.0 / 6.0 if (y[i] > 0.0 and y[i] < 1.0) else 0.0
+    else:
+        for i in range(n):
+            out[i] = 1.0
 
 
 def to_time_major(x, go_backwards):
@@ -69,7 +88,7 @@ def time_major_mask(mask, batch, time, go_backwards):
     return np.ascontiguousarray(m.T), first
 
 
-@njit(cache=True)
+@jit
 def masked_output_rows(states, out, mask, first, t):
     """Keras' rule for rows masked at step t: keep the state, repeat the previous output."""
     batch, units = states.shape[1], states.shape[2]
@@ -82,7 +101,7 @@ def masked_output_rows(states, out, mask, first, t):
                 out[b, t, j] = h if keep else 0.0 * h
 
 
-@njit(cache=True)
+@jit
 def add_output_grad(dh, d_out, mask, first, t):
     """dh += d_out[:, t] where step t's output is the state (t >= first row)."""
     batch, units = dh.shape

@@ -21,21 +21,22 @@ hh or r*h_{t-1} (H) and h_t (H): I + 5H floats.
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from .. import _validate as v
+from .._blas import gemm
 from .._cpu_common import (
-    activation_grad_from_output,
+    activate,
+    activation_grad,
     add_output_grad,
-    apply_activation,
     from_time_major,
+    jit,
     masked_output_rows,
     time_major_mask,
     to_time_major,
 )
 
 
-@njit(cache=True)
+@jit
 def _forward_reset_after(gates, recurrent_kernel, b_rec, states, hh_saved, out, mask, first,
                          act, ract):
     # gates [T, B, 3H]: x W + b_in on entry, z | r | c on exit. hh_saved [T, B, H].
@@ -43,33 +44,36 @@ def _forward_reset_after(gates, recurrent_kernel, b_rec, states, hh_saved, out, 
     units = width // 3
     rec = np.empty((batch, width), gates.dtype)
     for t in range(time):
-        np.dot(states[t], recurrent_kernel, rec)
+        gemm(states[t], recurrent_kernel, rec, False)
         for b in range(batch):
             if not mask[t, b]:
                 continue
             g = gates[t, b]
+            u = rec[b]
+            for j in range(2 * units):
+                g[j] += u[j] + b_rec[j]
+            activate(ract, g[:2 * units])
             for j in range(units):
-                hh = rec[b, 2 * units + j] + b_rec[2 * units + j]
-                z = apply_activation(ract, g[j] + rec[b, j] + b_rec[j])
-                r = apply_activation(ract, g[units + j] + rec[b, units + j] + b_rec[units + j])
-                c = apply_activation(act, g[2 * units + j] + r * hh)
-                h = z * states[t, b, j] + (1.0 - z) * c
-                g[j] = z
-                g[units + j] = r
-                g[2 * units + j] = c
+                hh = u[2 * units + j] + b_rec[2 * units + j]
                 hh_saved[t, b, j] = hh
+                g[2 * units + j] += g[units + j] * hh
+            activate(act, g[2 * units:])
+            for j in range(units):
+                z = g[j]
+                h = z * states[t, b, j] + (1.0 - z) * g[2 * units + j]
                 states[t + 1, b, j] = h
                 out[b, t, j] = h
         masked_output_rows(states, out, mask, first, t)
 
 
-@njit(cache=True)
+@jit
 def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t, mask, first,
                           act, ract, d_xw, d_hu):
     # d_xw [T, B, 3H] = dL/d(x W + b_in); d_hu [T, B, 3H] = dL/d(h U + b_rec).
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, units), dh.dtype)
+    slope = np.empty(width, dh.dtype)
     for t in range(time - 1, -1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
@@ -80,14 +84,16 @@ def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t
                 du_row[:] = 0.0
                 continue
             g = gates[t, b]
+            activation_grad(ract, g[:2 * units], slope[:2 * units])
+            activation_grad(act, g[2 * units:], slope[2 * units:])
             for j in range(units):
                 z = g[j]
                 r = g[units + j]
                 c = g[2 * units + j]
                 dht = dh[b, j]
-                d_pc = dht * (1.0 - z) * activation_grad_from_output(act, c)
-                d_pz = dht * (states[t, b, j] - c) * activation_grad_from_output(ract, z)
-                d_pr = d_pc * hh_saved[t, b, j] * activation_grad_from_output(ract, r)
+                d_pc = dht * (1.0 - z) * slope[2 * units + j]
+                d_pz = dht * (states[t, b, j] - c) * slope[j]
+                d_pr = d_pc * hh_saved[t, b, j] * slope[units + j]
                 dx_row[j] = d_pz
                 dx_row[units + j] = d_pr
                 dx_row[2 * units + j] = d_pc
@@ -95,14 +101,14 @@ def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t
                 du_row[units + j] = d_pr
                 du_row[2 * units + j] = d_pc * r
                 dh[b, j] = dht * z
-        np.dot(d_hu[t], recurrent_kernel_t, rec)
+        gemm(d_hu[t], recurrent_kernel_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
                 for j in range(units):
                     dh[b, j] += rec[b, j]
 
 
-@njit(cache=True)
+@jit
 def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mask, first,
                           act, ract):
     # gates [T, B, 3H]: x W + b on entry, z | r | c on exit. rh_saved [T, B, H] = r * h_{t-1}.
@@ -111,34 +117,34 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mas
     rec_zr = np.empty((batch, 2 * units), gates.dtype)
     rec_h = np.empty((batch, units), gates.dtype)
     for t in range(time):
-        np.dot(states[t], kernel_zr, rec_zr)
+        gemm(states[t], kernel_zr, rec_zr, False)
         for b in range(batch):
             g = gates[t, b]
             if not mask[t, b]:
                 rh_saved[t, b, :] = 0.0
                 continue
+            for j in range(2 * units):
+                g[j] += rec_zr[b, j]
+            activate(ract, g[:2 * units])
             for j in range(units):
-                z = apply_activation(ract, g[j] + rec_zr[b, j])
-                r = apply_activation(ract, g[units + j] + rec_zr[b, units + j])
-                g[j] = z
-                g[units + j] = r
-                rh_saved[t, b, j] = r * states[t, b, j]
-        np.dot(rh_saved[t], kernel_h, rec_h)
+                rh_saved[t, b, j] = g[units + j] * states[t, b, j]
+        gemm(rh_saved[t], kernel_h, rec_h, False)
         for b in range(batch):
             if not mask[t, b]:
                 continue
             g = gates[t, b]
             for j in range(units):
+                g[2 * units + j] += rec_h[b, j]
+            activate(act, g[2 * units:])
+            for j in range(units):
                 z = g[j]
-                c = apply_activation(act, g[2 * units + j] + rec_h[b, j])
-                g[2 * units + j] = c
-                h = z * states[t, b, j] + (1.0 - z) * c
+                h = z * states[t, b, j] + (1.0 - z) * g[2 * units + j]
                 states[t + 1, b, j] = h
                 out[b, t, j] = h
         masked_output_rows(states, out, mask, first, t)
 
 
-@njit(cache=True)
+@jit
 def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, mask, first,
                            act, ract, d_xw):
     # d_xw [T, B, 3H] = dL/d(x W + b); its z | r columns are also dL/d(h U_zr).
@@ -148,6 +154,7 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
     d_rh = np.empty((batch, units), dh.dtype)
     d_zr = np.empty((batch, 2 * units), dh.dtype)
     rec = np.empty((batch, units), dh.dtype)
+    slope = np.empty(width, dh.dtype)
     for t in range(time - 1, -1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
@@ -155,14 +162,16 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
                 d_pc[b, :] = 0.0
                 continue
             g = gates[t, b]
+            activation_grad(ract, g[:units], slope[:units])
+            activation_grad(act, g[2 * units:], slope[2 * units:])
             for j in range(units):
                 z = g[j]
                 c = g[2 * units + j]
                 dht = dh[b, j]
-                d_pc[b, j] = dht * (1.0 - z) * activation_grad_from_output(act, c)
-                d_zr[b, j] = dht * (states[t, b, j] - c) * activation_grad_from_output(ract, z)
+                d_pc[b, j] = dht * (1.0 - z) * slope[2 * units + j]
+                d_zr[b, j] = dht * (states[t, b, j] - c) * slope[j]
                 dh[b, j] = dht * z
-        np.dot(d_pc, kernel_h_t, d_rh)
+        gemm(d_pc, kernel_h_t, d_rh, False)
         for b in range(batch):
             dx_row = d_xw[t, b]
             if not mask[t, b]:
@@ -170,15 +179,15 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
                 d_zr[b, :] = 0.0
                 continue
             g = gates[t, b]
+            activation_grad(ract, g[units:2 * units], slope[units:2 * units])
             for j in range(units):
-                r = g[units + j]
-                d_pr = d_rh[b, j] * states[t, b, j] * activation_grad_from_output(ract, r)
+                d_pr = d_rh[b, j] * states[t, b, j] * slope[units + j]
                 d_zr[b, units + j] = d_pr
-                dh[b, j] += d_rh[b, j] * r
+                dh[b, j] += d_rh[b, j] * g[units + j]
                 dx_row[j] = d_zr[b, j]
                 dx_row[units + j] = d_pr
                 dx_row[2 * units + j] = d_pc[b, j]
-        np.dot(d_zr, kernel_zr_t, rec)
+        gemm(d_zr, kernel_zr_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
                 for j in range(units):

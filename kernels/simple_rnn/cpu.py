@@ -13,37 +13,39 @@ Saved for backward, per step and batch row: x_t (I floats) and h_t (H floats).
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from .. import _validate as v
+from .._blas import gemm
 from .._cpu_common import (
-    activation_grad_from_output,
+    activate,
+    activation_grad,
     add_output_grad,
-    apply_activation,
     from_time_major,
+    jit,
     masked_output_rows,
     time_major_mask,
     to_time_major,
 )
 
 
-@njit(cache=True)
+@jit
 def _forward_kernel(xw, recurrent_kernel, states, out, mask, first, act):
-    # xw [T, B, H] = x W + b; states [T+1, B, H] with states[0] = h0; out [B, T, H].
+    # xw [T, B, H] = x W + b, overwritten with act(x W + b + h U) = h_t;
+    # states [T+1, B, H] with states[0] = h0; out [B, T, H].
     time, batch, units = xw.shape
-    rec = np.empty((batch, units), xw.dtype)
     for t in range(time):
-        np.dot(states[t], recurrent_kernel, rec)
+        pre = xw[t]
+        gemm(states[t], recurrent_kernel, pre, True)
         for b in range(batch):
             if mask[t, b]:
-                for j in range(units):
-                    h = apply_activation(act, xw[t, b, j] + rec[b, j])
-                    states[t + 1, b, j] = h
-                    out[b, t, j] = h
+                row = pre[b]
+                activate(act, row)
+                states[t + 1, b] = row
+                out[b, t] = row
         masked_output_rows(states, out, mask, first, t)
 
 
-@njit(cache=True)
+@jit
 def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre):
     # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit; d_pre [T, B, H] out.
     time, batch, units = d_pre.shape
@@ -51,17 +53,17 @@ def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_
     for t in range(time - 1, -1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
+            row = d_pre[t, b]
             if mask[t, b]:
+                activation_grad(act, states[t + 1, b], row)
                 for j in range(units):
-                    d_pre[t, b, j] = dh[b, j] * activation_grad_from_output(act, states[t + 1, b, j])
+                    row[j] *= dh[b, j]
             else:
-                for j in range(units):
-                    d_pre[t, b, j] = 0.0
-        np.dot(d_pre[t], recurrent_kernel_t, rec)
+                row[:] = 0.0
+        gemm(d_pre[t], recurrent_kernel_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
-                for j in range(units):
-                    dh[b, j] = rec[b, j]
+                dh[b] = rec[b]
 
 
 @dataclass(eq=False)
@@ -111,6 +113,7 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     states[0] = h0
     out = np.empty((batch, time, units), x.dtype)
     _forward_kernel(xw, recurrent_kernel, states, out, mask_tm, first, act)
+    # xw now holds h_t at unmasked steps and is dropped; states keeps what backward needs.
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel,
                            bias is not None, act, go_backwards)
     return out, states[time].copy(), saved
