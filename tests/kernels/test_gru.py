@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+from conftest import DTYPES, MASKS, SHAPES, check_kernel_against_reference, make_mask
+
+from fastrnn import kernels
+from fastrnn.kernels.gru import reference
+from fastrnn.testing import check_gradients
+
+
+def _arrays(rng, shape, dtype, reset_after, use_bias=True, use_h0=True):
+    B, T, I, H = shape
+    bias_shape = (2, 3 * H) if reset_after else (3 * H,)
+    return dict(
+        x=rng.standard_normal((B, T, I)).astype(dtype),
+        h0=rng.standard_normal((B, H)).astype(dtype) if use_h0 else None,
+        kernel=(rng.standard_normal((I, 3 * H)) / np.sqrt(I)).astype(dtype),
+        recurrent_kernel=(rng.standard_normal((H, 3 * H)) / np.sqrt(H)).astype(dtype),
+        bias=(rng.standard_normal(bias_shape) * 0.3).astype(dtype) if use_bias else None,
+    )
+
+
+def check(rng, shape, dtype, mask_kind, go_backwards, reset_after, use_bias=True, use_h0=True,
+          **activations):
+    return check_kernel_against_reference(
+        kernels.gru_forward, kernels.gru_backward, reference.gru_forward, reference.gru_backward,
+        _arrays(rng, shape, dtype, reset_after, use_bias, use_h0), dtype, rng,
+        mask=make_mask(mask_kind, shape[0], shape[1], rng), reset_after=reset_after,
+        go_backwards=go_backwards, **activations)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference(rng, shape, mask_kind, go_backwards, reset_after, dtype):
+    check(rng, shape, dtype, mask_kind, go_backwards, reset_after)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_no_bias_no_initial_state(rng, reset_after, dtype):
+    check(rng, (3, 11, 4, 6), dtype, "holes", False, reset_after, use_bias=False, use_h0=False)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("activation,recurrent_activation",
+                         [("relu", "hard_sigmoid"), ("sigmoid", "tanh"), ("linear", "sigmoid")])
+def test_other_activations(rng, activation, recurrent_activation, reset_after):
+    for dtype in DTYPES:
+        check(rng, (2, 9, 3, 5), dtype, "holes", True, reset_after, activation=activation,
+              recurrent_activation=recurrent_activation)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_reference_gradients_by_finite_differences(rng, reset_after, go_backwards, use_bias):
+    arrays = _arrays(rng, (3, 6, 4, 5), np.float64, reset_after, use_bias)
+    mask = make_mask("holes", 3, 6, rng)
+    mask[1, :2] = False
+    check_gradients(reference.gru_forward, reference.gru_backward, arrays, mask=mask,
+                    reset_after=reset_after, go_backwards=go_backwards)
+
+
+def test_reference_gradients_other_activations(rng):
+    arrays = _arrays(rng, (2, 5, 3, 4), np.float64, True)
+    check_gradients(reference.gru_forward, reference.gru_backward, arrays,
+                    activation="sigmoid", recurrent_activation="tanh")
+
+
+def test_kernel_gradients_by_finite_differences(rng):
+    # The kernel itself (float64) against central differences, not only the reference.
+    arrays = _arrays(rng, (2, 7, 3, 4), np.float64, False)
+    check_gradients(kernels.gru_forward, kernels.gru_backward, arrays,
+                    mask=make_mask("masked_first", 2, 7, rng), reset_after=False)
+
+
+def test_reference_matches_keras_equations_by_hand():
+    # One step, H=1, I=1, written out from the GRU equations in DESIGN.md.
+    x, h0 = np.array([[[0.7]]]), np.array([[0.2]])
+    W = np.array([[0.1, -0.3, 0.5]])
+    U = np.array([[0.4, 0.6, -0.2]])
+    b = np.array([[0.01, 0.02, 0.03], [0.04, 0.05, 0.06]])
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    z = sig(0.07 + 0.01 + 0.08 + 0.04)
+    r = sig(-0.21 + 0.02 + 0.12 + 0.05)
+    c = np.tanh(0.35 + 0.03 + r * (-0.04 + 0.06))
+    want = z * 0.2 + (1 - z) * c
+    for fwd in (reference.gru_forward, kernels.gru_forward):
+        out, h, _ = fwd(x, h0, W, U, b)
+        np.testing.assert_allclose(out[0, 0, 0], want, rtol=1e-14)

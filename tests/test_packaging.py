@@ -1,0 +1,44 @@
+"""The install works as documented: kernels without TensorFlow, lazy layers, a full wheel."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code, cwd):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_kernels_import_without_tensorflow(tmp_path):
+    result = run_python(
+        "import sys, fastrnn, fastrnn.kernels, fastrnn.testing\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))\n"
+        "assert fastrnn.kernels.gru_forward.__module__ == 'fastrnn.kernels.gru.cpu'\n"
+        "print('ok')", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_unknown_attribute_is_a_clear_error(tmp_path):
+    result = run_python("import fastrnn\ntry:\n    fastrnn.Nope\nexcept AttributeError as e:\n"
+                        "    print(e)", cwd=tmp_path)
+    assert "has no attribute 'Nope'" in result.stdout, result.stderr
+
+
+def test_wheel_contains_the_kernels_package(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("fastrnn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ["fastrnn/__init__.py", "fastrnn/testing.py", "fastrnn/kernels/__init__.py",
+                   "fastrnn/kernels/gru/cpu.py", "fastrnn/kernels/gru/reference.py",
+                   "fastrnn/kernels/simple_rnn/cpu.py", "fastrnn/kernels/_blas.py"]:
+        assert module in names, f"{module} missing from {wheel.name}"
+    assert not any(n.startswith("kernels/") for n in names), "a top-level 'kernels' leaked"
