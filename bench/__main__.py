@@ -1,0 +1,111 @@
+"""python -m bench: fastrnn beside Keras, PyTorch and the NumPy GEMM floor, in one run.
+
+Prints medians (ms) and ratios per case, with the machine and library versions,
+and saves pytest-benchmark's JSON under bench/results/.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ANCHORS = ("keras", "torch", "floor")
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for name in ("fastrnn", "numpy", "numba", "scipy", "tensorflow", "keras", "torch"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            out[name] = "not installed"
+    return out
+
+
+def table(data):
+    rows = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        key = (info["cell"], info["shape"], info["mode"])
+        rows.setdefault(key, {})[info["impl"]] = bench["stats"]
+    lines = []
+    header = (f"{'cell':<11}{'shape':<20}{'mode':<17}{'fastrnn ms':>11}{'IQR':>7}"
+              f"{'keras ms':>10}{'torch ms':>10}{'floor ms':>10}"
+              f"{'vs keras':>10}{'vs torch':>10}{'/ floor':>9}")
+    lines.append(header)
+    lines.append("-" * len(header))
+    for (cell, shape, mode), stats in rows.items():
+        med = {k: s["median"] * 1e3 for k, s in stats.items()}
+        fast = med.get("fastrnn")
+        iqr = stats["fastrnn"]["iqr"] * 1e3 if "fastrnn" in stats else float("nan")
+
+        def ms(k):
+            return f"{med[k]:>10.2f}" if k in med else f"{'-':>10}"
+
+        def speedup(k):
+            return f"{med[k] / fast:>9.2f}x" if k in med and fast else f"{'-':>10}"
+
+        floor = f"{fast / med['floor']:>8.2f}x" if "floor" in med and fast else f"{'-':>9}"
+        lines.append(f"{cell:<11}{shape:<20}{mode:<17}{fast:>11.2f}{iqr:>7.2f}"
+                     f"{ms('keras')}{ms('torch')}{ms('floor')}"
+                     f"{speedup('keras')}{speedup('torch')}{floor}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn")
+    parser.add_argument("--budget", default="0.4", help="seconds of timed rounds per case")
+    parser.add_argument("--json", default=None, help="where to save the run (JSON)")
+    args = parser.parse_args(argv)
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.json) if args.json else HERE / "results" / f"run-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_kernels.py"), "--benchmark-only",
+           "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}",
+           f"--bench-budget={args.budget}", "--benchmark-disable-gc"]
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    if only:
+        cmd += ["-k", " or ".join(only)]
+    print(f"machine: {machine()}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    if versions()["torch"] == "not installed":
+        print("torch is not installed: its anchor is left out (pip install torch to add it)")
+    print("running:", " ".join(cmd[2:]), flush=True)
+    result = subprocess.run(cmd, cwd=HERE.parent, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0 or not out.exists():
+        print(result.stdout)
+        return result.returncode or 1
+    data = json.loads(out.read_text())
+    data["fastrnn_run"] = {"machine": machine(), "versions": versions()}
+    out.write_text(json.dumps(data, indent=1))
+    print()
+    print("float32, median of timed rounds; 'vs keras' / 'vs torch' = their time / fastrnn's "
+          "(above 1 means fastrnn is faster); '/ floor' = fastrnn's time / the same GEMMs in NumPy")
+    print(table(data))
+    print(f"\nsaved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
