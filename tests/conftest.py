@@ -1,21 +1,32 @@
+import zlib
+
 import numpy as np
 import pytest
 
-# One tolerance table per dtype: the worst relative error max|a - b| / max|b|
-# allowed between a kernel and its float64 reference, per compared array.
+# One tolerance table per dtype: the worst error max|a - b| / max(max|b|, 1)
+# allowed between a kernel and its float64 reference, per compared array (see
+# assert_close for the floor at 1).
 # float64: kernels and references differ only in summation order (BLAS blocking,
-# GEMMs over all steps vs per-step sums) and in the vectorized exp/tanh; the
-# worst measured over the whole grid was 3.2e-13 (SimpleRNN gradients, T=503).
-# float32: every step rounds; the worst measured was 1.2e-6 (GRU d_bias, a sum
-# over B*T terms). Both limits are about 3-4x the worst measured.
-RTOL = {np.dtype(np.float32): 5e-6, np.dtype(np.float64): 1e-12}
+# GEMMs over all steps vs per-step sums) and in the vectorized exp/tanh.
+# float32: every step rounds. Worst measured over the full shape x mask x
+# go_backwards x reset_after grid for 20 seeds: 1.4e-6 (float32), 5.5e-15
+# (float64); the limits below are 3.5x and 18x that.
+RTOL = {np.dtype(np.float32): 5e-6, np.dtype(np.float64): 1e-13}
 
 
 def assert_close(name, got, want, dtype):
+    """Relative error against max(max|want|, 1).
+
+    Test inputs are O(1), so rounding errors are O(eps) in absolute terms even
+    where a saturated activation makes the true value tiny: the derivative
+    1 - y^2 of a tanh output y near +-1 keeps only eps / (1 - y^2) relative
+    accuracy (in Keras too, which also differentiates from the output). Without
+    the floor at 1, a B=T=H=1 case with |pre-activation| ~ 4 fails on rounding alone.
+    """
     got = np.asarray(got, np.float64)
     want = np.asarray(want, np.float64)
     assert got.shape == want.shape, f"{name}: shape {got.shape} != reference {want.shape}"
-    scale = max(float(np.abs(want).max(initial=0.0)), 1e-30)
+    scale = max(float(np.abs(want).max(initial=0.0)), 1.0)
     err = float(np.abs(got - want).max(initial=0.0)) / scale
     tol = RTOL[np.dtype(dtype)]
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype)})"
@@ -45,7 +56,8 @@ def make_mask(kind, batch, time, rng):
 
 @pytest.fixture
 def rng(request):
-    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+    # Seeded by the test's name (crc32: stable across processes, unlike hash()).
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 # Shapes that break blocking: B=1, T=1, H=1, primes, I != H, long T.

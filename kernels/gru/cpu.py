@@ -37,9 +37,9 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_reset_after(gates, recurrent_kernel, b_rec, states, hh_saved, out, mask, first,
-                         act, ract):
-    # gates [T, B, 3H]: x W + b_in on entry, z | r | c on exit. hh_saved [T, B, H].
+def _forward_reset_after(gates, recurrent_kernel, b_in, b_rec, states, hh_saved, out, mask,
+                         first, act, ract):
+    # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows). hh_saved [T, B, H].
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, width), gates.dtype)
@@ -51,12 +51,12 @@ def _forward_reset_after(gates, recurrent_kernel, b_rec, states, hh_saved, out, 
             g = gates[t, b]
             u = rec[b]
             for j in range(2 * units):
-                g[j] += u[j] + b_rec[j]
+                g[j] += u[j] + (b_in[j] + b_rec[j])
             activate(ract, g[:2 * units])
             for j in range(units):
                 hh = u[2 * units + j] + b_rec[2 * units + j]
                 hh_saved[t, b, j] = hh
-                g[2 * units + j] += g[units + j] * hh
+                g[2 * units + j] += b_in[2 * units + j] + g[units + j] * hh
             activate(act, g[2 * units:])
             for j in range(units):
                 z = g[j]
@@ -68,8 +68,9 @@ def _forward_reset_after(gates, recurrent_kernel, b_rec, states, hh_saved, out, 
 
 @jit
 def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t, mask, first,
-                          act, ract, d_xw, d_hu):
+                          act, ract, d_xw, d_hu, d_b_in, d_b_hh):
     # d_xw [T, B, 3H] = dL/d(x W + b_in); d_hu [T, B, 3H] = dL/d(h U + b_rec).
+    # d_b_in [3H] += column sums of d_xw; d_b_hh [H] += those of d_hu's h block (float64).
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, units), dh.dtype)
@@ -101,6 +102,10 @@ def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t
                 du_row[units + j] = d_pr
                 du_row[2 * units + j] = d_pc * r
                 dh[b, j] = dht * z
+            for j in range(width):
+                d_b_in[j] += dx_row[j]
+            for j in range(units):
+                d_b_hh[j] += du_row[2 * units + j]
         gemm(d_hu[t], recurrent_kernel_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
@@ -109,9 +114,10 @@ def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t
 
 
 @jit
-def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mask, first,
+def _forward_reset_before(gates, kernel_zr, kernel_h, bias, states, rh_saved, out, mask, first,
                           act, ract):
-    # gates [T, B, 3H]: x W + b on entry, z | r | c on exit. rh_saved [T, B, H] = r * h_{t-1}.
+    # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows).
+    # rh_saved [T, B, H] = r * h_{t-1}.
     time, batch, width = gates.shape
     units = width // 3
     rec_zr = np.empty((batch, 2 * units), gates.dtype)
@@ -124,7 +130,7 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mas
                 rh_saved[t, b, :] = 0.0
                 continue
             for j in range(2 * units):
-                g[j] += rec_zr[b, j]
+                g[j] += rec_zr[b, j] + bias[j]
             activate(ract, g[:2 * units])
             for j in range(units):
                 rh_saved[t, b, j] = g[units + j] * states[t, b, j]
@@ -134,7 +140,7 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mas
                 continue
             g = gates[t, b]
             for j in range(units):
-                g[2 * units + j] += rec_h[b, j]
+                g[2 * units + j] += rec_h[b, j] + bias[2 * units + j]
             activate(act, g[2 * units:])
             for j in range(units):
                 z = g[j]
@@ -146,8 +152,9 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, states, rh_saved, out, mas
 
 @jit
 def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, mask, first,
-                           act, ract, d_xw):
+                           act, ract, d_xw, d_b):
     # d_xw [T, B, 3H] = dL/d(x W + b); its z | r columns are also dL/d(h U_zr).
+    # d_b [3H] += column sums of d_xw (float64).
     time, batch, width = gates.shape
     units = width // 3
     d_pc = np.empty((batch, units), dh.dtype)
@@ -187,6 +194,8 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
                 dx_row[j] = d_zr[b, j]
                 dx_row[units + j] = d_pr
                 dx_row[2 * units + j] = d_pc[b, j]
+            for j in range(width):
+                d_b[j] += dx_row[j]
         gemm(d_zr, kernel_zr_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
@@ -256,6 +265,7 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     act = v.activation_code(activation)
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
     mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+    has_bias = bias is not None
 
     x_tm = to_time_major(x, go_backwards)
     gates = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, 3 * units)
@@ -263,20 +273,17 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     states[0] = h0
     extra = np.empty((time, batch, units), x.dtype)
     out = np.empty((batch, time, units), x.dtype)
+    if bias is None:
+        bias = np.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
     if reset_after:
-        b_rec = np.zeros(3 * units, x.dtype) if bias is None else bias[1]
-        if bias is not None:
-            gates += bias[0]
-        _forward_reset_after(gates, recurrent_kernel, b_rec, states, extra, out, mask_tm, first,
-                             act, ract)
+        _forward_reset_after(gates, recurrent_kernel, bias[0], bias[1], states, extra, out,
+                             mask_tm, first, act, ract)
     else:
-        if bias is not None:
-            gates += bias
         _forward_reset_before(gates, np.ascontiguousarray(recurrent_kernel[:, :2 * units]),
-                              np.ascontiguousarray(recurrent_kernel[:, 2 * units:]),
+                              np.ascontiguousarray(recurrent_kernel[:, 2 * units:]), bias,
                               states, extra, out, mask_tm, first, act, ract)
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
-                     bias is not None, bool(reset_after), act, ract, go_backwards)
+                     has_bias, bool(reset_after), act, ract, go_backwards)
     return out, states[time].copy(), saved
 
 
@@ -302,23 +309,25 @@ def gru_backward(saved, d_out, d_h_last):
     d_xw = np.empty((time, batch, width), dtype)
     h_prev = saved.states[:time].reshape(time * batch, units)
     d_xw2 = d_xw.reshape(time * batch, width)
+    d_b_in = np.zeros(width)  # bias gradients accumulate in float64 inside the loop
     if saved.reset_after:
         d_hu = np.empty((time, batch, width), dtype)
+        d_b_hh = np.zeros(units)
         _backward_reset_after(saved.gates, saved.extra, saved.states, d_out, dh,
                               np.ascontiguousarray(rk.T), saved.mask, saved.first,
-                              saved.act, saved.ract, d_xw, d_hu)
-        d_hu2 = d_hu.reshape(time * batch, width)
-        d_recurrent = h_prev.T @ d_hu2
-        d_bias = np.stack([d_xw2.sum(axis=0), d_hu2.sum(axis=0)]) if saved.has_bias else None
+                              saved.act, saved.ract, d_xw, d_hu, d_b_in, d_b_hh)
+        d_recurrent = h_prev.T @ d_hu.reshape(time * batch, width)
+        d_bias = np.stack([d_b_in, np.concatenate([d_b_in[:2 * units], d_b_hh])])
     else:
         _backward_reset_before(saved.gates, saved.states, d_out, dh,
                                np.ascontiguousarray(rk[:, :2 * units].T),
                                np.ascontiguousarray(rk[:, 2 * units:].T),
-                               saved.mask, saved.first, saved.act, saved.ract, d_xw)
+                               saved.mask, saved.first, saved.act, saved.ract, d_xw, d_b_in)
         d_recurrent = np.empty_like(rk)
         d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]
         d_recurrent[:, 2 * units:] = saved.extra.reshape(time * batch, units).T @ d_xw2[:, 2 * units:]
-        d_bias = d_xw2.sum(axis=0) if saved.has_bias else None
+        d_bias = d_b_in
+    d_bias = d_bias.astype(dtype) if saved.has_bias else None
     dx = from_time_major((d_xw2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
     d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_xw2
     return dx, dh, d_kernel, d_recurrent, d_bias

@@ -29,8 +29,8 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_kernel(xw, recurrent_kernel, states, out, mask, first, act):
-    # xw [T, B, H] = x W + b, overwritten with act(x W + b + h U) = h_t;
+def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act):
+    # xw [T, B, H] = x W, overwritten with act(x W + b + h U) = h_t (unmasked rows);
     # states [T+1, B, H] with states[0] = h0; out [B, T, H].
     time, batch, units = xw.shape
     for t in range(time):
@@ -39,6 +39,8 @@ def _forward_kernel(xw, recurrent_kernel, states, out, mask, first, act):
         for b in range(batch):
             if mask[t, b]:
                 row = pre[b]
+                for j in range(units):
+                    row[j] += bias[j]
                 activate(act, row)
                 states[t + 1, b] = row
                 out[b, t] = row
@@ -46,8 +48,9 @@ def _forward_kernel(xw, recurrent_kernel, states, out, mask, first, act):
 
 
 @jit
-def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre):
-    # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit; d_pre [T, B, H] out.
+def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre, d_bias):
+    # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit; d_pre [T, B, H] out;
+    # d_bias [H] (float64) += column sums of d_pre.
     time, batch, units = d_pre.shape
     rec = np.empty((batch, units), dh.dtype)
     for t in range(time - 1, -1, -1):
@@ -58,6 +61,7 @@ def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_
                 activation_grad(act, states[t + 1, b], row)
                 for j in range(units):
                     row[j] *= dh[b, j]
+                    d_bias[j] += row[j]
             else:
                 row[:] = 0.0
         gemm(d_pre[t], recurrent_kernel_t, rec, False)
@@ -107,15 +111,16 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
 
     x_tm = to_time_major(x, go_backwards)
     xw = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, units)
-    if bias is not None:
-        xw += bias
+    has_bias = bias is not None
+    if bias is None:
+        bias = np.zeros(units, x.dtype)
     states = np.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
     out = np.empty((batch, time, units), x.dtype)
-    _forward_kernel(xw, recurrent_kernel, states, out, mask_tm, first, act)
+    _forward_kernel(xw, recurrent_kernel, bias, states, out, mask_tm, first, act)
     # xw now holds h_t at unmasked steps and is dropped; states keeps what backward needs.
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel,
-                           bias is not None, act, go_backwards)
+                           has_bias, act, go_backwards)
     return out, states[time].copy(), saved
 
 
@@ -138,11 +143,12 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
 
     d_pre = np.empty((time, batch, units), dtype)
+    d_bias = np.zeros(units)  # accumulated in float64 inside the loop
     _backward_kernel(saved.states, d_out, dh, np.ascontiguousarray(saved.recurrent_kernel.T),
-                     saved.mask, saved.first, saved.act, d_pre)
+                     saved.mask, saved.first, saved.act, d_pre, d_bias)
     d_pre2 = d_pre.reshape(time * batch, units)
     dx = from_time_major((d_pre2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
     d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_pre2
     d_recurrent = saved.states[:time].reshape(time * batch, units).T @ d_pre2
-    d_bias = d_pre2.sum(axis=0) if saved.has_bias else None
+    d_bias = d_bias.astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_recurrent, d_bias
