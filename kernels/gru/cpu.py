@@ -36,10 +36,17 @@ from .._cpu_common import (
 )
 
 
+# Loop bodies touch few arrays each on purpose: LLVM cannot prove that Numba
+# arrays do not alias, and with many arrays in one loop its run-time overlap
+# checks exceed their budget and the loop stays scalar (splitting the GRU
+# backward pass this way measured 4-6 ms faster at B64 T100 H256).
+
+
 @jit
-def _forward_reset_after(gates, recurrent_kernel, b_in, b_rec, states, hh_saved, out, mask,
-                         first, act, ract):
+def _forward_reset_after(gates, recurrent_kernel, b_sum, b_in, b_rec, states, hh_saved, out,
+                         mask, first, act, ract):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows). hh_saved [T, B, H].
+    # b_sum = b_in + b_rec (only its z | r part is read).
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, width), gates.dtype)
@@ -49,20 +56,25 @@ def _forward_reset_after(gates, recurrent_kernel, b_in, b_rec, states, hh_saved,
             if not mask[t, b]:
                 continue
             g = gates[t, b]
+            zr = g[:2 * units]
+            z = g[:units]
+            r = g[units:2 * units]
+            c = g[2 * units:]
             u = rec[b]
+            hh = hh_saved[t, b]
+            h_prev = states[t, b]
+            h = states[t + 1, b]
             for j in range(2 * units):
-                g[j] += u[j] + (b_in[j] + b_rec[j])
-            activate(ract, g[:2 * units])
+                zr[j] += u[j] + b_sum[j]
+            activate(ract, zr)
             for j in range(units):
-                hh = u[2 * units + j] + b_rec[2 * units + j]
-                hh_saved[t, b, j] = hh
-                g[2 * units + j] += b_in[2 * units + j] + g[units + j] * hh
-            activate(act, g[2 * units:])
+                hh[j] = u[2 * units + j] + b_rec[2 * units + j]
             for j in range(units):
-                z = g[j]
-                h = z * states[t, b, j] + (1.0 - z) * g[2 * units + j]
-                states[t + 1, b, j] = h
-                out[b, t, j] = h
+                c[j] += b_in[2 * units + j] + r[j] * hh[j]
+            activate(act, c)
+            for j in range(units):
+                h[j] = z[j] * h_prev[j] + (1.0 - z[j]) * c[j]
+            out[b, t] = h
         masked_output_rows(states, out, mask, first, t)
 
 
@@ -74,7 +86,10 @@ def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, units), dh.dtype)
-    slope = np.empty(width, dh.dtype)
+    d_pre = np.empty(width, dh.dtype)  # d_pz | d_pr | d_pc for one row
+    dp_z = d_pre[:units]
+    dp_r = d_pre[units:2 * units]
+    dp_c = d_pre[2 * units:]
     for t in range(time - 1, -1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
@@ -85,32 +100,39 @@ def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t
                 du_row[:] = 0.0
                 continue
             g = gates[t, b]
-            activation_grad(ract, g[:2 * units], slope[:2 * units])
-            activation_grad(act, g[2 * units:], slope[2 * units:])
+            z = g[:units]
+            r = g[units:2 * units]
+            c = g[2 * units:]
+            hh = hh_saved[t, b]
+            h_prev = states[t, b]
+            dhb = dh[b]
+            activation_grad(ract, g[:2 * units], d_pre[:2 * units])
+            activation_grad(act, c, dp_c)
             for j in range(units):
-                z = g[j]
-                r = g[units + j]
-                c = g[2 * units + j]
-                dht = dh[b, j]
-                d_pc = dht * (1.0 - z) * slope[2 * units + j]
-                d_pz = dht * (states[t, b, j] - c) * slope[j]
-                d_pr = d_pc * hh_saved[t, b, j] * slope[units + j]
-                dx_row[j] = d_pz
-                dx_row[units + j] = d_pr
-                dx_row[2 * units + j] = d_pc
-                du_row[j] = d_pz
-                du_row[units + j] = d_pr
-                du_row[2 * units + j] = d_pc * r
-                dh[b, j] = dht * z
+                dp_c[j] *= dhb[j] * (1.0 - z[j])
+            for j in range(units):
+                dp_z[j] *= dhb[j] * (h_prev[j] - c[j])
+            for j in range(units):
+                dp_r[j] *= dp_c[j] * hh[j]
             for j in range(width):
-                d_b_in[j] += dx_row[j]
+                dx_row[j] = d_pre[j]
+            for j in range(width):
+                du_row[j] = d_pre[j]
+            for j in range(units):
+                du_row[2 * units + j] *= r[j]
+            for j in range(units):
+                dhb[j] *= z[j]
+            for j in range(width):
+                d_b_in[j] += d_pre[j]
             for j in range(units):
                 d_b_hh[j] += du_row[2 * units + j]
         gemm(d_hu[t], recurrent_kernel_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
+                dhb = dh[b]
+                rb = rec[b]
                 for j in range(units):
-                    dh[b, j] += rec[b, j]
+                    dhb[j] += rb[j]
 
 
 @jit
@@ -125,28 +147,34 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, bias, states, rh_saved, ou
     for t in range(time):
         gemm(states[t], kernel_zr, rec_zr, False)
         for b in range(batch):
-            g = gates[t, b]
+            rh = rh_saved[t, b]
             if not mask[t, b]:
-                rh_saved[t, b, :] = 0.0
+                rh[:] = 0.0
                 continue
+            zr = gates[t, b, :2 * units]
+            r = gates[t, b, units:2 * units]
+            u = rec_zr[b]
+            h_prev = states[t, b]
             for j in range(2 * units):
-                g[j] += rec_zr[b, j] + bias[j]
-            activate(ract, g[:2 * units])
+                zr[j] += u[j] + bias[j]
+            activate(ract, zr)
             for j in range(units):
-                rh_saved[t, b, j] = g[units + j] * states[t, b, j]
+                rh[j] = r[j] * h_prev[j]
         gemm(rh_saved[t], kernel_h, rec_h, False)
         for b in range(batch):
             if not mask[t, b]:
                 continue
-            g = gates[t, b]
+            z = gates[t, b, :units]
+            c = gates[t, b, 2 * units:]
+            u = rec_h[b]
+            h_prev = states[t, b]
+            h = states[t + 1, b]
             for j in range(units):
-                g[2 * units + j] += rec_h[b, j] + bias[2 * units + j]
-            activate(act, g[2 * units:])
+                c[j] += u[j] + bias[2 * units + j]
+            activate(act, c)
             for j in range(units):
-                z = g[j]
-                h = z * states[t, b, j] + (1.0 - z) * g[2 * units + j]
-                states[t + 1, b, j] = h
-                out[b, t, j] = h
+                h[j] = z[j] * h_prev[j] + (1.0 - z[j]) * c[j]
+            out[b, t] = h
         masked_output_rows(states, out, mask, first, t)
 
 
@@ -161,23 +189,26 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
     d_rh = np.empty((batch, units), dh.dtype)
     d_zr = np.empty((batch, 2 * units), dh.dtype)
     rec = np.empty((batch, units), dh.dtype)
-    slope = np.empty(width, dh.dtype)
     for t in range(time - 1, -1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
+            dpc = d_pc[b]
             if not mask[t, b]:
-                d_pc[b, :] = 0.0
+                dpc[:] = 0.0
                 continue
-            g = gates[t, b]
-            activation_grad(ract, g[:units], slope[:units])
-            activation_grad(act, g[2 * units:], slope[2 * units:])
+            z = gates[t, b, :units]
+            c = gates[t, b, 2 * units:]
+            dpz = d_zr[b, :units]
+            h_prev = states[t, b]
+            dhb = dh[b]
+            activation_grad(act, c, dpc)
+            activation_grad(ract, z, dpz)
             for j in range(units):
-                z = g[j]
-                c = g[2 * units + j]
-                dht = dh[b, j]
-                d_pc[b, j] = dht * (1.0 - z) * slope[2 * units + j]
-                d_zr[b, j] = dht * (states[t, b, j] - c) * slope[j]
-                dh[b, j] = dht * z
+                dpc[j] *= dhb[j] * (1.0 - z[j])
+            for j in range(units):
+                dpz[j] *= dhb[j] * (h_prev[j] - c[j])
+            for j in range(units):
+                dhb[j] *= z[j]
         gemm(d_pc, kernel_h_t, d_rh, False)
         for b in range(batch):
             dx_row = d_xw[t, b]
@@ -185,22 +216,27 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
                 dx_row[:] = 0.0
                 d_zr[b, :] = 0.0
                 continue
-            g = gates[t, b]
-            activation_grad(ract, g[units:2 * units], slope[units:2 * units])
+            r = gates[t, b, units:2 * units]
+            dpr = d_zr[b, units:]
+            drh = d_rh[b]
+            h_prev = states[t, b]
+            dhb = dh[b]
+            activation_grad(ract, r, dpr)
             for j in range(units):
-                d_pr = d_rh[b, j] * states[t, b, j] * slope[units + j]
-                d_zr[b, units + j] = d_pr
-                dh[b, j] += d_rh[b, j] * g[units + j]
-                dx_row[j] = d_zr[b, j]
-                dx_row[units + j] = d_pr
-                dx_row[2 * units + j] = d_pc[b, j]
+                dpr[j] *= drh[j] * h_prev[j]
+            for j in range(units):
+                dhb[j] += drh[j] * r[j]
+            dx_row[:2 * units] = d_zr[b]
+            dx_row[2 * units:] = d_pc[b]
             for j in range(width):
                 d_b[j] += dx_row[j]
         gemm(d_zr, kernel_zr_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
+                dhb = dh[b]
+                rb = rec[b]
                 for j in range(units):
-                    dh[b, j] += rec[b, j]
+                    dhb[j] += rb[j]
 
 
 @dataclass(eq=False)
@@ -276,8 +312,8 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     if bias is None:
         bias = np.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
     if reset_after:
-        _forward_reset_after(gates, recurrent_kernel, bias[0], bias[1], states, extra, out,
-                             mask_tm, first, act, ract)
+        _forward_reset_after(gates, recurrent_kernel, bias[0] + bias[1], bias[0], bias[1], states,
+                             extra, out, mask_tm, first, act, ract)
     else:
         _forward_reset_before(gates, np.ascontiguousarray(recurrent_kernel[:, :2 * units]),
                               np.ascontiguousarray(recurrent_kernel[:, 2 * units:]), bias,
