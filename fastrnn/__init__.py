@@ -18,14 +18,17 @@ if not os.path.isdir(os.path.join(__path__[0], "kernels")) and os.path.isfile(
         os.path.join(_checkout, "kernels", "__init__.py")):
     __path__.append(_checkout)
 
-_SUBMODULES = ("kernels", "testing")
+_SUBMODULES = ("kernels", "testing", "ops", "layers")
+_LAYERS = ("GRU", "SimpleRNN")
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAYERS:
+        return getattr(importlib.import_module(f"{__name__}.layers"), name)
     raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + list(_LAYERS))

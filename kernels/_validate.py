@@ -146,3 +146,23 @@ def check_saved(saved, cls, fn):
         raise TypeError(
             f"saved must be the third value returned by {fn}, got {type(saved).__name__}"
         )
+
+
+def saved_arrays(saved):
+    """The ndarray fields of a kernel's `saved` object, in declaration order.
+
+    Frameworks that must carry `saved` across a boundary (TensorFlow's forward
+    and backward py_functions) pass these as tensors and rebuild the object
+    with `restore_saved`.
+    """
+    from dataclasses import fields
+
+    return [getattr(saved, f.name) for f in fields(saved) if f.type is np.ndarray]
+
+
+def restore_saved(cls, arrays, **meta):
+    """Inverse of saved_arrays: `cls` from its ndarray fields plus the other fields."""
+    from dataclasses import fields
+
+    names = [f.name for f in fields(cls) if f.type is np.ndarray]
+    return cls(**dict(zip(names, arrays)), **meta)

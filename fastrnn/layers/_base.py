@@ -1,0 +1,93 @@
+"""What SimpleRNN and GRU share: run the fused kernel op in place of Keras' step loop.
+
+The layers subclass Keras' own, so the constructor, weights (names, shapes,
+order), config, masks, initial and stateful states, return_state and
+Bidirectional all stay Keras'. Only `inner_loop`, the part that walks over time,
+is replaced. Where the kernels cannot reproduce Keras exactly, the layer warns
+once and runs Keras' own loop instead.
+"""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from fastrnn.kernels._validate import ACTIVATIONS
+
+
+def activation_name(fn):
+    """Kernel name of a Keras activation function, or None if the kernels lack it."""
+    if fn is None:
+        return "linear"
+    try:
+        name = keras.activations.serialize(fn)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(name, dict):
+        name = name.get("config", name.get("class_name"))
+    return name if name in ACTIVATIONS else None
+
+
+class FastRNNMixin:
+    """Mixed in before the Keras RNN class; subclasses define `_fast_loop`."""
+
+    def _fallback_reason(self, training):
+        """Why this call must use Keras' own loop, or None."""
+        raise NotImplementedError
+
+    def _fast_loop(self, sequences, h0, mask):
+        """Returns (outputs [B, T, H] in processing order, h_last [B, H])."""
+        raise NotImplementedError
+
+    def _keras_loop(self, sequences, initial_state, mask, training):
+        # The generic exact path of keras.layers.RNN (no cuDNN attempt).
+        return keras.layers.RNN.inner_loop(self, sequences, initial_state, mask=mask,
+                                           training=training)
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        reason = self._fallback_reason(training)
+        if reason is not None:
+            if not getattr(self, "_fastrnn_warned", False):
+                warnings.warn(f"{type(self).__name__} '{self.name}': {reason}; running Keras' "
+                              "own (exact, slower) loop for this configuration.", stacklevel=2)
+                self._fastrnn_warned = True
+            return self._keras_loop(sequences, initial_state, mask, training)
+        h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        self._check_call(sequences, h0, mask)
+        if training and 0.0 < self.cell.dropout < 1.0:
+            # The same cached mask Keras' step loop applies at every step.
+            dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
+            sequences = sequences * tf.expand_dims(dp_mask, 1)
+        outputs, h_last = self._fast_loop(sequences, h0, mask)
+        if mask is not None and self.zero_output_for_mask:
+            keep = tf.reverse(mask, [1]) if self.go_backwards else mask
+            outputs = outputs * tf.cast(keep, outputs.dtype)[:, :, None]
+        return outputs[:, -1], outputs, [h_last]
+
+    def _check_call(self, sequences, h0, mask):
+        # Static checks, so that bad input raises here, in eager and graph mode,
+        # rather than inside a py_function.
+        if not sequences.dtype.is_floating:
+            raise ValueError(f"{self.name}: inputs must be floating point, got dtype "
+                             f"{sequences.dtype.name} (cast integer features, or embed ids "
+                             "with keras.layers.Embedding first)")
+        features = self.cell.kernel.shape[0]
+        if sequences.shape[-1] is not None and sequences.shape[-1] != features:
+            raise ValueError(f"{self.name}: inputs have {sequences.shape[-1]} features but the "
+                             f"layer was built for {features}; got input shape {sequences.shape}")
+        units = self.cell.units
+        if h0.shape.rank is not None and (h0.shape.rank != 2 or h0.shape[-1] not in (None, units)):
+            raise ValueError(f"{self.name}: initial state must have shape [batch, {units}], "
+                             f"got shape {h0.shape}")
+        if mask is not None:
+            if mask.shape.rank is not None and mask.shape.rank != 2:
+                raise ValueError(f"{self.name}: mask must have shape [batch, time], got shape "
+                                 f"{mask.shape} for inputs of shape {sequences.shape}")
+            for axis, name in ((0, "batch"), (1, "time")):
+                m, s = mask.shape[axis], sequences.shape[axis]
+                if m is not None and s is not None and m != s:
+                    raise ValueError(f"{self.name}: mask must have shape [batch, time] matching "
+                                     f"inputs {sequences.shape}; got mask shape {mask.shape} "
+                                     f"({name} differs)")

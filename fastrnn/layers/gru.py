@@ -1,0 +1,46 @@
+import keras
+
+from fastrnn import ops
+
+from ._base import FastRNNMixin, activation_name
+
+
+@keras.saving.register_keras_serializable(package="fastrnn")
+class GRU(FastRNNMixin, keras.layers.GRU):
+    """Drop-in `keras.layers.GRU` running fastrnn's fused kernels.
+
+    Same arguments, defaults, weights and config as `keras.layers.GRU`
+    (Keras 3, TensorFlow backend); `set_weights(keras_gru.get_weights())` and
+    weight files move both ways.
+
+    Falls back, with a warning, to Keras' own loop where the kernels cannot
+    match Keras exactly: activations other than tanh, relu, sigmoid,
+    hard_sigmoid and linear (custom callables included), and `implementation=1`
+    with dropout in training. `recurrent_dropout` has no effect in Keras' GRU
+    (implementation 2) and none here either. `use_cudnn` and `unroll` are
+    accepted; the result is the same.
+
+    Example:
+        >>> import numpy as np, fastrnn
+        >>> layer = fastrnn.GRU(8, return_sequences=True)
+        >>> layer(np.zeros((2, 5, 3), np.float32)).shape
+        TensorShape([2, 5, 8])
+    """
+
+    def _fallback_reason(self, training):
+        cell = self.cell
+        for arg, fn in (("activation", cell.activation),
+                         ("recurrent_activation", cell.recurrent_activation)):
+            if activation_name(fn) is None:
+                return f"{arg}={fn!r} is not one the kernels implement"
+        if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
+            return "implementation=1 with dropout applies per-gate masks the kernels do not"
+        return None
+
+    def _fast_loop(self, sequences, h0, mask):
+        cell = self.cell
+        return ops.gru(sequences, h0, cell.kernel.value, cell.recurrent_kernel.value,
+                       None if cell.bias is None else cell.bias.value, mask,
+                       reset_after=cell.reset_after, go_backwards=self.go_backwards,
+                       activation=activation_name(cell.activation),
+                       recurrent_activation=activation_name(cell.recurrent_activation))

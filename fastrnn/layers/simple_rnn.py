@@ -1,0 +1,40 @@
+import keras
+
+from fastrnn import ops
+
+from ._base import FastRNNMixin, activation_name
+
+
+@keras.saving.register_keras_serializable(package="fastrnn")
+class SimpleRNN(FastRNNMixin, keras.layers.SimpleRNN):
+    """Drop-in `keras.layers.SimpleRNN` running fastrnn's fused kernels.
+
+    Same arguments, defaults, weights and config as `keras.layers.SimpleRNN`
+    (Keras 3, TensorFlow backend).
+
+    Falls back, with a warning, to Keras' own loop where the kernels cannot
+    match Keras exactly: activations other than tanh, relu, sigmoid,
+    hard_sigmoid and linear, and `recurrent_dropout` in training. `unroll` is
+    accepted; the result is the same.
+
+    Example:
+        >>> import numpy as np, fastrnn
+        >>> layer = fastrnn.SimpleRNN(4)
+        >>> layer(np.zeros((2, 5, 3), np.float32)).shape
+        TensorShape([2, 4])
+    """
+
+    def _fallback_reason(self, training):
+        cell = self.cell
+        if activation_name(cell.activation) is None:
+            return f"activation={cell.activation!r} is not one the kernels implement"
+        if training and cell.recurrent_dropout:
+            return "recurrent_dropout in training is not implemented by the kernels yet"
+        return None
+
+    def _fast_loop(self, sequences, h0, mask):
+        cell = self.cell
+        return ops.simple_rnn(sequences, h0, cell.kernel.value, cell.recurrent_kernel.value,
+                              None if cell.bias is None else cell.bias.value, mask,
+                              activation=activation_name(cell.activation),
+                              go_backwards=self.go_backwards)
