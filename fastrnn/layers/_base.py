@@ -7,6 +7,7 @@ is replaced. Where the kernels cannot reproduce Keras exactly, the layer warns
 once and runs Keras' own loop instead.
 """
 
+import sys
 import warnings
 
 import keras
@@ -28,6 +29,31 @@ def activation_name(fn):
     return name if name in ACTIVATIONS else None
 
 
+_EXPORTERS = ("keras.src.export", "tensorflow.python.saved_model")
+
+
+def tracing_for_export():
+    """True while a graph is being traced to be written out as a SavedModel.
+
+    A tf.py_function cannot be serialized (it calls back into this Python
+    process), so such graphs must use Keras' pure-TensorFlow loop. Keras'
+    ExportArchive traces its endpoints before tf.saved_model.save opens its
+    save context, hence the look at who is tracing.
+    """
+    if not tf.inside_function():
+        return False
+    from tensorflow.python.saved_model import save_context
+
+    if save_context.in_save_context():
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_EXPORTERS):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class FastRNNMixin:
     """Mixed in before the Keras RNN class; subclasses define `_fast_loop`."""
 
@@ -45,6 +71,8 @@ class FastRNNMixin:
                                            training=training)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
+        if tracing_for_export():
+            return self._keras_loop(sequences, initial_state, mask, training)
         reason = self._fallback_reason(training)
         if reason is not None:
             if not getattr(self, "_fastrnn_warned", False):

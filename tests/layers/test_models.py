@@ -205,3 +205,36 @@ def test_integer_features_are_rejected(cell):
     for x in (np.ones((2, 6, 3), "int32"), tf.ones((2, 6, 3), tf.int64)):
         with pytest.raises(ValueError, match="inputs must be floating point, got dtype int"):
             fast_cls(5)(x)
+
+
+EXPORTED_RUNNER = """
+import sys
+sys.modules["fastrnn"] = None  # this process must not be able to import fastrnn
+import numpy as np, tensorflow as tf
+x = np.load(sys.argv[2])
+loaded = tf.saved_model.load(sys.argv[1])  # keep a reference: it owns the variables
+served = loaded.serve(tf.constant(x))
+np.save(sys.argv[3], served.numpy())
+"""
+
+
+@pytest.mark.parametrize("cell", list(PAIRS))
+def test_export_runs_without_fastrnn(cell, tmp_path):
+    import subprocess
+    import sys
+
+    _, fast_cls = PAIRS[cell]
+    model = keras.Sequential([keras.Input((None, 3)),
+                              keras.layers.Bidirectional(fast_cls(5, return_sequences=True)),
+                              fast_cls(4), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype("float32")
+    model.export(tmp_path / "exported", verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "serve.py"
+    script.write_text(EXPORTED_RUNNER)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "exported"),
+                             str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0),
+                               rtol=2e-5, atol=2e-6)
