@@ -238,3 +238,44 @@ def test_export_runs_without_fastrnn(cell, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0),
                                rtol=2e-5, atol=2e-6)
+
+
+MIRRORED_RUNNER = """
+import sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, fastrnn
+cls = getattr(fastrnn, sys.argv[1])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((16, 7, 3)).astype("float32")
+y = rng.standard_normal((16, 1)).astype("float32")
+
+def train(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((None, 3)), cls(6), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert mirrored.num_replicas_in_sync == 2
+single = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+both = train(mirrored)
+for a, b in zip(both, single):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("cell", ["GRU", "SimpleRNN"])
+def test_mirrored_strategy_matches_one_device(cell, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_RUNNER)
+    result = subprocess.run([sys.executable, str(script), cell], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
