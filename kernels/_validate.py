@@ -148,8 +148,13 @@ def check_saved(saved, cls, fn):
         )
 
 
+
+# Fields of every `saved` object that can be rebuilt from the forward's own inputs.
+DERIVED_FIELDS = ("x_tm", "mask", "first", "kernel", "recurrent_kernel")
+
+
 def saved_arrays(saved):
-    """The ndarray fields of a kernel's `saved` object, in declaration order.
+    """The ndarray fields of a kernel's `saved` that cannot be rebuilt from its inputs.
 
     Frameworks that must carry `saved` across a boundary (TensorFlow's forward
     and backward py_functions) pass these as tensors and rebuild the object
@@ -157,12 +162,21 @@ def saved_arrays(saved):
     """
     from dataclasses import fields
 
-    return [getattr(saved, f.name) for f in fields(saved) if f.type is np.ndarray]
+    return [getattr(saved, f.name) for f in fields(saved)
+            if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
 
 
-def restore_saved(cls, arrays, **meta):
-    """Inverse of saved_arrays: `cls` from its ndarray fields plus the other fields."""
+def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, **meta):
+    """Inverse of saved_arrays, given the forward's inputs and the other fields."""
     from dataclasses import fields
 
-    names = [f.name for f in fields(cls) if f.type is np.ndarray]
-    return cls(**dict(zip(names, arrays)), **meta)
+    from ._cpu_common import time_major_mask, to_time_major
+
+    batch, time = x.shape[:2]
+    mask_tm, first = time_major_mask(mask, batch, time, meta["go_backwards"])
+    derived = dict(x_tm=to_time_major(x, meta["go_backwards"]), mask=mask_tm, first=first,
+                   kernel=kernel, recurrent_kernel=recurrent_kernel)
+    names = [f.name for f in fields(cls) if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
+    present = {f.name for f in fields(cls)}
+    return cls(**dict(zip(names, arrays)), **{k: v for k, v in derived.items() if k in present},
+               **meta)

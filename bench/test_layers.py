@@ -1,0 +1,135 @@
+"""Keras-level benchmarks: fastrnn layers beside keras.layers.* in the same run.
+
+Layer forward+backward (inside tf.function) at the seed shapes and the mid shape,
+training steps and predictions of the seed-style models, and the fixed overhead
+of one layer call (py_function round trip) on a one-element input.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+LAYER_SHAPES = {
+    "B32 T15 I1 H45": (32, 15, 1, 45),
+    "B128 T17 I100 H150": (128, 17, 100, 150),
+    "B64 T100 I128 H256": (64, 100, 128, 256),
+}
+
+
+def _classes(impl):
+    import keras
+
+    import fastrnn
+
+    if impl == "keras":
+        return {"gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}
+    return {"gru": fastrnn.GRU, "simple_rnn": fastrnn.SimpleRNN}
+
+
+def layer_step(impl, cell, shape):
+    import tensorflow as tf
+
+    B, T, I, H = shape
+    layer = _classes(impl)[cell](H, return_sequences=True)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((B, T, I)).astype("float32"))
+    dy = tf.constant(rng.standard_normal((B, T, H)).astype("float32"))
+    layer.build((B, T, I))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * dy)
+        return tape.gradient(loss, [x] + layer.trainable_weights)
+
+    return step
+
+
+def _model(impl, name):
+    import keras
+
+    classes = _classes(impl)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    if name == "forecast SimpleRNN(3)":
+        model = keras.Sequential([keras.Input((15, 1)), classes["simple_rnn"](3),
+                                  keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+        x, y = rng.standard_normal((32, 15, 1)), rng.standard_normal((32, 1))
+        loss = "mse"
+    elif name == "forecast GRU(256)":
+        model = keras.Sequential([keras.Input((15, 1)), classes["gru"](256),
+                                  keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+        x, y = rng.standard_normal((32, 15, 1)), rng.standard_normal((32, 1))
+        loss = "mse"
+    elif name == "next-word SimpleRNN(50, relu)":
+        vocab = 2000
+        model = keras.Sequential([keras.Input((10,), dtype="int32"),
+                                  keras.layers.Embedding(vocab, 64),
+                                  classes["simple_rnn"](50, activation="relu"),
+                                  keras.layers.Dense(vocab, activation="softmax")])
+        x, y = rng.integers(0, vocab, (128, 10)), rng.integers(0, vocab, (128,))
+        loss = "sparse_categorical_crossentropy"
+    elif name == "sentiment BiGRU(64) T200":
+        model = keras.Sequential([keras.Input((200,), dtype="int32"),
+                                  keras.layers.Embedding(5000, 64, mask_zero=True),
+                                  keras.layers.Bidirectional(classes["gru"](64)),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        x = rng.integers(1, 5000, (32, 200))
+        for row, n in zip(x, rng.integers(20, 200, 32)):
+            row[n:] = 0
+        y = rng.integers(0, 2, (32, 1))
+        loss = "binary_crossentropy"
+    else:
+        raise ValueError(name)
+    model.compile(optimizer="adam", loss=loss)
+    return model, x.astype("int32" if x.dtype.kind == "i" else "float32"), y
+
+
+MODELS = ["forecast SimpleRNN(3)", "forecast GRU(256)", "next-word SimpleRNN(50, relu)",
+          "sentiment BiGRU(64) T200"]
+
+
+@pytest.mark.parametrize("impl", ["fastrnn", "keras"])
+@pytest.mark.parametrize("shape", list(LAYER_SHAPES))
+@pytest.mark.parametrize("cell", ["gru", "simple_rnn"])
+def test_layer(run_benchmark, benchmark, cell, shape, impl):
+    benchmark.group = f"layer {cell} | {shape}"
+    run_benchmark(layer_step(impl, cell, LAYER_SHAPES[shape]), impl=impl, cell=f"layer {cell}",
+                  shape=shape, mode="forward+backward")
+
+
+@pytest.mark.parametrize("impl", ["fastrnn", "keras"])
+@pytest.mark.parametrize("mode", ["train_on_batch", "predict_on_batch"])
+@pytest.mark.parametrize("name", MODELS)
+def test_model(run_benchmark, benchmark, name, mode, impl):
+    model, x, y = _model(impl, name)
+    benchmark.group = f"model {name} | {mode}"
+    if mode == "train_on_batch":
+        fn = lambda: model.train_on_batch(x, y)  # noqa: E731
+    else:
+        fn = lambda: model.predict_on_batch(x)  # noqa: E731
+    run_benchmark(fn, impl=impl, cell=name, shape="", mode=mode)
+
+
+@pytest.mark.parametrize("impl", ["fastrnn kernel", "fastrnn", "keras"])
+def test_fixed_overhead(run_benchmark, benchmark, impl):
+    """One GRU(1) call on a [1, 1, 1] input: what a call costs beyond the arithmetic."""
+    import tensorflow as tf
+
+    benchmark.group = "overhead GRU(1) on [1, 1, 1]"
+    if impl == "fastrnn kernel":
+        from fastrnn import kernels
+
+        x = np.ones((1, 1, 1), np.float32)
+        W, U, b = np.ones((1, 3), np.float32), np.ones((1, 3), np.float32), np.ones((2, 3), np.float32)
+        fn = lambda: kernels.gru_forward(x, None, W, U, b)  # noqa: E731
+    else:
+        layer = _classes("keras" if impl == "keras" else "fastrnn")["gru"](1)
+        x = tf.ones((1, 1, 1))
+        layer.build((1, 1, 1))
+        fn = tf.function(lambda: layer(x))
+    run_benchmark(fn, impl=impl, cell="overhead GRU(1)", shape="B1 T1 I1 H1", mode="forward")
