@@ -47,7 +47,8 @@ def table(data):
         key = (info["cell"], info["shape"], info["mode"])
         rows.setdefault(key, {})[info["impl"]] = bench["stats"]
     lines = []
-    header = (f"{'cell':<11}{'shape':<20}{'mode':<17}{'fastrnn ms':>11}{'IQR':>7}"
+    width = max([len(k[0]) for k in rows] + [4]) + 2
+    header = (f"{'case':<{width}}{'shape':<20}{'mode':<18}{'fastrnn ms':>11}{'IQR':>7}"
               f"{'keras ms':>10}{'torch ms':>10}{'floor ms':>10}"
               f"{'vs keras':>10}{'vs torch':>10}{'/ floor':>9}")
     lines.append(header)
@@ -64,7 +65,7 @@ def table(data):
             return f"{med[k] / fast:>9.2f}x" if k in med and fast else f"{'-':>10}"
 
         floor = f"{fast / med['floor']:>8.2f}x" if "floor" in med and fast else f"{'-':>9}"
-        lines.append(f"{cell:<11}{shape:<20}{mode:<17}{fast:>11.2f}{iqr:>7.2f}"
+        lines.append(f"{cell:<{width}}{shape:<20}{mode:<18}{fast:>11.2f}{iqr:>7.2f}"
                      f"{ms('keras')}{ms('torch')}{ms('floor')}"
                      f"{speedup('keras')}{speedup('torch')}{floor}")
     return "\n".join(lines)
@@ -74,6 +75,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn")
+    parser.add_argument("--suite", default="kernels,layers",
+                        help="comma-separated suites: kernels (kernel level, beside Keras, torch "
+                             "and the GEMM floor), layers (Keras layers and models)")
     parser.add_argument("--budget", default="0.4", help="seconds of timed rounds per case")
     parser.add_argument("--json", default=None, help="where to save the run (JSON)")
     args = parser.parse_args(argv)
@@ -81,12 +85,13 @@ def main(argv=None):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.json) if args.json else HERE / "results" / f"run-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_kernels.py"), "--benchmark-only",
+    files = [str(HERE / f"test_{suite.strip()}.py") for suite in args.suite.split(",") if suite.strip()]
+    cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only",
            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}",
            f"--bench-budget={args.budget}", "--benchmark-disable-gc"]
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     if only:
-        cmd += ["-k", " or ".join(only)]
+        cmd += ["-k", " or ".join(only + ["overhead"])]
     print(f"machine: {machine()}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     if versions()["torch"] == "not installed":

@@ -132,6 +132,15 @@ def check_weights(x, kernel, recurrent_kernel, gates, bias, bias_shape):
     return kernel, recurrent_kernel, bias, units
 
 
+def check_recurrent_mask(mask, batch, units, dtype):
+    """Recurrent dropout mask [B, H] in x's dtype; an empty [0, 0] array when None."""
+    if mask is None:
+        return np.zeros((0, 0), dtype)
+    mask = float_array(mask, "recurrent_mask", dtype)
+    expect_shape(mask, "recurrent_mask", (batch, units), "[batch, units]")
+    return mask
+
+
 def check_grad(value, name, shape, dtype):
     """Upstream gradient: None means zeros; else same dtype and shape."""
     if value is None:
@@ -150,7 +159,7 @@ def check_saved(saved, cls, fn):
 
 
 # Fields of every `saved` object that can be rebuilt from the forward's own inputs.
-DERIVED_FIELDS = ("x_tm", "mask", "first", "kernel", "recurrent_kernel")
+DERIVED_FIELDS = ("x_tm", "mask", "first", "kernel", "recurrent_kernel", "recurrent_mask")
 
 
 def saved_arrays(saved):
@@ -166,7 +175,7 @@ def saved_arrays(saved):
             if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
 
 
-def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, **meta):
+def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask=None, **meta):
     """Inverse of saved_arrays, given the forward's inputs and the other fields."""
     from dataclasses import fields
 
@@ -175,7 +184,9 @@ def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, **meta):
     batch, time = x.shape[:2]
     mask_tm, first = time_major_mask(mask, batch, time, meta["go_backwards"])
     derived = dict(x_tm=to_time_major(x, meta["go_backwards"]), mask=mask_tm, first=first,
-                   kernel=kernel, recurrent_kernel=recurrent_kernel)
+                   kernel=kernel, recurrent_kernel=recurrent_kernel,
+                   recurrent_mask=check_recurrent_mask(recurrent_mask, batch, kernel.shape[1],
+                                                       x.dtype))
     names = [f.name for f in fields(cls) if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
     present = {f.name for f in fields(cls)}
     return cls(**dict(zip(names, arrays)), **{k: v for k, v in derived.items() if k in present},

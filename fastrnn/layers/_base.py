@@ -61,7 +61,7 @@ class FastRNNMixin:
         """Why this call must use Keras' own loop, or None."""
         raise NotImplementedError
 
-    def _fast_loop(self, sequences, h0, mask):
+    def _fast_loop(self, sequences, h0, mask, training=False):
         """Returns (outputs [B, T, H] in processing order, h_last [B, H])."""
         raise NotImplementedError
 
@@ -88,7 +88,7 @@ class FastRNNMixin:
             # The same cached mask Keras' step loop applies at every step.
             dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
             sequences = sequences * tf.expand_dims(dp_mask, 1)
-        outputs, h_last = self._fast_loop(sequences, h0, mask)
+        outputs, h_last = self._fast_loop(sequences, h0, mask, training)
         if mask is not None and self.zero_output_for_mask:
             keep = tf.reverse(mask, [1]) if self.go_backwards else mask
             outputs = outputs * tf.cast(keep, outputs.dtype)[:, :, None]

@@ -37,7 +37,7 @@ class GRU(FastRNNMixin, keras.layers.GRU):
             return "implementation=1 with dropout applies per-gate masks the kernels do not"
         return None
 
-    def _fast_loop(self, sequences, h0, mask):
+    def _fast_loop(self, sequences, h0, mask, training=False):
         cell = self.cell
         return ops.gru(sequences, h0, cell.kernel.value, cell.recurrent_kernel.value,
                        None if cell.bias is None else cell.bias.value, mask,

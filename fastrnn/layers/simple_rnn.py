@@ -14,7 +14,8 @@ class SimpleRNN(FastRNNMixin, keras.layers.SimpleRNN):
 
     Falls back, with a warning, to Keras' own loop where the kernels cannot
     match Keras exactly: activations other than tanh, relu, sigmoid,
-    hard_sigmoid and linear, and `recurrent_dropout` in training. `unroll` is
+    hard_sigmoid and linear. `dropout` and `recurrent_dropout` use the same
+    cached masks as Keras' cell (one mask for every step). `unroll` is
     accepted; the result is the same.
 
     Example:
@@ -28,13 +29,14 @@ class SimpleRNN(FastRNNMixin, keras.layers.SimpleRNN):
         cell = self.cell
         if activation_name(cell.activation) is None:
             return f"activation={cell.activation!r} is not one the kernels implement"
-        if training and cell.recurrent_dropout:
-            return "recurrent_dropout in training is not implemented by the kernels yet"
         return None
 
-    def _fast_loop(self, sequences, h0, mask):
+    def _fast_loop(self, sequences, h0, mask, training=False):
         cell = self.cell
+        recurrent_mask = None
+        if training and 0.0 < cell.recurrent_dropout < 1.0:
+            recurrent_mask = cell.get_recurrent_dropout_mask(h0)
         return ops.simple_rnn(sequences, h0, cell.kernel.value, cell.recurrent_kernel.value,
                               None if cell.bias is None else cell.bias.value, mask,
                               activation=activation_name(cell.activation),
-                              go_backwards=self.go_backwards)
+                              go_backwards=self.go_backwards, recurrent_mask=recurrent_mask)

@@ -25,12 +25,14 @@ from fastrnn.kernels.simple_rnn import cpu as simple_rnn_cpu
 _COMPUTE = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
 
 
-def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units):
+def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
+                recurrent_mask=None):
     """Differentiable (outputs [B, T, H], h_last [B, H]).
 
-    `forward(x, h0, *weights, mask)` and `backward(saved, d_out, d_h_last)` are
-    the NumPy kernels; `weights` are tensors (kernel, recurrent_kernel, bias or
-    None); `meta` the non-array fields of `saved_cls`, fixed by the configuration.
+    `forward(x, h0, *weights, mask, recurrent_mask)` and `backward(saved, d_out,
+    d_h_last)` are the NumPy kernels; `weights` are tensors (kernel,
+    recurrent_kernel, bias or None); `meta` the non-array fields of `saved_cls`,
+    fixed by the configuration. `mask` and `recurrent_mask` get no gradient.
     """
     out_dtype = x.dtype
     dtype = _COMPUTE.get(out_dtype, out_dtype)
@@ -38,41 +40,44 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units)
     inputs = [tf.cast(x, dtype), tf.cast(h0, dtype)] + [tf.cast(w, dtype) for w in weights if w is not None]
     has_mask = mask is not None
     mask_t = tf.cast(mask, tf.bool) if has_mask else tf.zeros((0, 0), tf.bool)
+    has_rmask = recurrent_mask is not None
+    rmask_t = tf.cast(recurrent_mask, dtype) if has_rmask else tf.zeros((0, 0), dtype)
     n_saved = sum(f.type is np.ndarray and f.name not in _validate.DERIVED_FIELDS
                   for f in saved_cls.__dataclass_fields__.values())
     save = record.could_possibly_record()
 
-    def unpack(mask_in, arrays):
+    def unpack(mask_in, rmask_in, arrays):
         x_np, h0_np, *rest = arrays
         it = iter(rest)
-        return x_np, h0_np, [next(it) if p else None for p in present], (
-            mask_in if has_mask else None)
+        return (x_np, h0_np, [next(it) if p else None for p in present],
+                mask_in if has_mask else None, rmask_in if has_rmask else None)
 
-    def forward_np(mask_in, *tensors):
-        x_np, h0_np, ws, m = unpack(mask_in, tensors)
-        out, h_last, saved = forward(x_np, h0_np, *ws, m)
+    def forward_np(mask_in, rmask_in, *tensors):
+        x_np, h0_np, ws, m, rm = unpack(mask_in, rmask_in, tensors)
+        out, h_last, saved = forward(x_np, h0_np, *ws, m, rm)
         return [out, h_last] + (_validate.saved_arrays(saved) if save else [])
 
     @tf.custom_gradient
     def op(*tensors):
-        out, h_last, *carried = tf.numpy_function(forward_np, [mask_t, *tensors],
+        out, h_last, *carried = tf.numpy_function(forward_np, [mask_t, rmask_t, *tensors],
                                                   Tout=[dtype] * (2 + (n_saved if save else 0)))
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
         h_last.set_shape(tensors[0].shape[:1].concatenate([units]))
 
         def grad(d_out, d_h_last):
-            def backward_np(d_out_in, d_h_in, mask_in, *rest):
+            def backward_np(d_out_in, d_h_in, mask_in, rmask_in, *rest):
                 tensors_in, carried_in = rest[:len(tensors)], rest[len(tensors):]
-                x_np, h0_np, ws, m = unpack(mask_in, tensors_in)
+                x_np, h0_np, ws, m, rm = unpack(mask_in, rmask_in, tensors_in)
                 if carried_in:
                     saved = _validate.restore_saved(saved_cls, list(carried_in), x_np, m,
-                                                    ws[0], ws[1], **meta)
+                                                    ws[0], ws[1], recurrent_mask=rm, **meta)
                 else:
-                    saved = forward(x_np, h0_np, *ws, m)[2]
+                    saved = forward(x_np, h0_np, *ws, m, rm)[2]
                 grads = backward(saved, d_out_in, d_h_in)
                 return [g for g, p in zip(grads, [True, True] + present) if p]
 
-            grads = tf.numpy_function(backward_np, [d_out, d_h_last, mask_t, *tensors, *carried],
+            grads = tf.numpy_function(backward_np,
+                                      [d_out, d_h_last, mask_t, rmask_t, *tensors, *carried],
                                       Tout=[dtype] * len(tensors))
             for g, t in zip(grads, tensors):
                 g.set_shape(t.shape)
@@ -92,7 +97,7 @@ def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
                 ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
                 go_backwards=bool(go_backwards))
 
-    def forward(x, h0, kernel, recurrent_kernel, bias, mask):
+    def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return gru_cpu.gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=mask,
                                    reset_after=reset_after, go_backwards=go_backwards,
                                    activation=activation, recurrent_activation=recurrent_activation)
@@ -102,16 +107,20 @@ def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
 
 
 def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="tanh",
-               go_backwards=False):
-    """SimpleRNN over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
+               go_backwards=False, recurrent_mask=None):
+    """SimpleRNN over a sequence as a differentiable TF op. Returns (outputs, h_last).
+
+    recurrent_mask [B, H]: Keras' recurrent dropout mask (h_{t-1} * m before U).
+    """
     meta = dict(has_bias=bias is not None, act=_validate.activation_code(activation),
                 go_backwards=bool(go_backwards))
 
-    def forward(x, h0, kernel, recurrent_kernel, bias, mask):
+    def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return simple_rnn_cpu.simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias,
                                                  activation=activation, mask=mask,
-                                                 go_backwards=go_backwards)
+                                                 go_backwards=go_backwards,
+                                                 recurrent_mask=recurrent_mask)
 
     return _recurrence(forward, simple_rnn_cpu.simple_rnn_backward, simple_rnn_cpu.SimpleRNNSaved,
                        meta, x, h0, [kernel, recurrent_kernel, bias], mask,
-                       recurrent_kernel.shape[0])
+                       recurrent_kernel.shape[0], recurrent_mask)

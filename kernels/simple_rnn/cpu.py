@@ -29,13 +29,21 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act):
-    # xw [T, B, H] = x W, overwritten with act(x W + b + h U) = h_t (unmasked rows);
-    # states [T+1, B, H] with states[0] = h0; out [B, T, H].
+def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act, rec_mask):
+    # xw [T, B, H] = x W, overwritten with act(x W + b + (h * m) U) = h_t (unmasked rows);
+    # states [T+1, B, H] with states[0] = h0; out [B, T, H]; rec_mask m [B, H] or [0, 0].
     time, batch, units = xw.shape
+    dropped = np.empty((batch, units), xw.dtype)
     for t in range(time):
         pre = xw[t]
-        gemm(states[t], recurrent_kernel, pre, True)
+        if rec_mask.size:
+            h_prev = states[t]
+            for b in range(batch):
+                for j in range(units):
+                    dropped[b, j] = h_prev[b, j] * rec_mask[b, j]
+            gemm(dropped, recurrent_kernel, pre, True)
+        else:
+            gemm(states[t], recurrent_kernel, pre, True)
         for b in range(batch):
             if mask[t, b]:
                 row = pre[b]
@@ -48,7 +56,8 @@ def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act):
 
 
 @jit
-def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre, d_bias):
+def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre, d_bias,
+                     rec_mask):
     # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit; d_pre [T, B, H] out;
     # d_bias [H] (float64) += column sums of d_pre.
     time, batch, units = d_pre.shape
@@ -68,6 +77,9 @@ def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_
         for b in range(batch):
             if mask[t, b]:
                 dh[b] = rec[b]
+                if rec_mask.size:
+                    for j in range(units):
+                        dh[b, j] *= rec_mask[b, j]
 
 
 @dataclass(eq=False)
@@ -80,13 +92,14 @@ class SimpleRNNSaved:
     first: np.ndarray
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
+    recurrent_mask: np.ndarray  # [B, H], or [0, 0] without recurrent dropout
     has_bias: bool
     act: int
     go_backwards: bool
 
 
 def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
-                       mask=None, go_backwards=False):
+                       mask=None, go_backwards=False, recurrent_mask=None):
     """SimpleRNN over a whole sequence, Keras semantics.
 
     Args:
@@ -97,6 +110,8 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
         mask: bool [B, T] or None. A masked step keeps the state and repeats the
             previous output (zeros before the first unmasked step).
         go_backwards: process time in reverse; outputs are in processing order.
+        recurrent_mask: [B, H] or None. Keras' recurrent dropout: h_{t-1} is
+            multiplied by it (the same mask at every step) before U.
 
     Returns:
         out [B, T, H], h_last [B, H], saved (for simple_rnn_backward).
@@ -108,6 +123,7 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     h0 = v.check_state(h0, "h0", batch, units, x.dtype)
     act = v.activation_code(activation)
     mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+    rec_mask = v.check_recurrent_mask(recurrent_mask, batch, units, x.dtype)
 
     x_tm = to_time_major(x, go_backwards)
     xw = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, units)
@@ -117,9 +133,9 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     states = np.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
     out = np.empty((batch, time, units), x.dtype)
-    _forward_kernel(xw, recurrent_kernel, bias, states, out, mask_tm, first, act)
+    _forward_kernel(xw, recurrent_kernel, bias, states, out, mask_tm, first, act, rec_mask)
     # xw now holds h_t at unmasked steps and is dropped; states keeps what backward needs.
-    saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel,
+    saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                            has_bias, act, go_backwards)
     return out, states[time].copy(), saved
 
@@ -145,10 +161,13 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_pre = np.empty((time, batch, units), dtype)
     d_bias = np.zeros(units)  # accumulated in float64 inside the loop
     _backward_kernel(saved.states, d_out, dh, np.ascontiguousarray(saved.recurrent_kernel.T),
-                     saved.mask, saved.first, saved.act, d_pre, d_bias)
+                     saved.mask, saved.first, saved.act, d_pre, d_bias, saved.recurrent_mask)
     d_pre2 = d_pre.reshape(time * batch, units)
     dx = from_time_major((d_pre2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
     d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_pre2
-    d_recurrent = saved.states[:time].reshape(time * batch, units).T @ d_pre2
+    h_prev = saved.states[:time]
+    if saved.recurrent_mask.size:
+        h_prev = h_prev * saved.recurrent_mask
+    d_recurrent = h_prev.reshape(time * batch, units).T @ d_pre2
     d_bias = d_bias.astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_recurrent, d_bias

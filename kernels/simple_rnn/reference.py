@@ -11,14 +11,19 @@ from .._reference import activation_functions, f64, run_backward, run_forward
 
 
 def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
-                       mask=None, go_backwards=False):
-    """Returns out [B, T, H], h_last [B, H] and the tape for simple_rnn_backward."""
+                       mask=None, go_backwards=False, recurrent_mask=None):
+    """Returns out [B, T, H], h_last [B, H] and the tape for simple_rnn_backward.
+
+    recurrent_mask [B, H] (Keras' recurrent dropout) multiplies h_{t-1} before U.
+    """
     act, act_grad = activation_functions(activation)
     W, U, b = f64(kernel), f64(recurrent_kernel), f64(bias)
     h0 = np.zeros((x.shape[0], U.shape[0])) if h0 is None else h0
+    rm = np.ones_like(f64(h0)) if recurrent_mask is None else f64(recurrent_mask)
 
     def step(x_t, states):
         (h_prev,) = states
+        h_prev = h_prev * rm
         pre = x_t @ W + h_prev @ U
         if b is not None:
             pre = pre + b
@@ -28,7 +33,7 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
         x_t, h_prev, pre = cache
         d_pre = d_new[0] * act_grad(pre)
         db = None if b is None else d_pre.sum(axis=0)
-        return d_pre @ W.T, (d_pre @ U.T,), (x_t.T @ d_pre, h_prev.T @ d_pre, db)
+        return d_pre @ W.T, ((d_pre @ U.T) * rm,), (x_t.T @ d_pre, h_prev.T @ d_pre, db)
 
     out, (h_last,), tape = run_forward(step, x, (h0,), mask, go_backwards)
     tape["step_backward"] = step_backward

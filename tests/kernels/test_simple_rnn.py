@@ -80,3 +80,33 @@ def test_go_backwards_outputs_in_processing_order():
     out_f, h_f, _ = kernels.simple_rnn_forward(x[:, ::-1].copy(), h0, W, U, b)
     np.testing.assert_array_equal(out_b, out_f)
     np.testing.assert_array_equal(h_b, h_f)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_recurrent_mask(rng, dtype, go_backwards):
+    # Keras' recurrent dropout: h_{t-1} * m before U, one [B, H] mask for every step.
+    x, h0, W, U, b = _case(rng, (3, 17, 4, 6), dtype)
+    m = ((rng.random((3, 6)) > 0.4) / 0.6).astype(dtype)
+    check_kernel_against_reference(
+        kernels.simple_rnn_forward, kernels.simple_rnn_backward,
+        reference.simple_rnn_forward, reference.simple_rnn_backward,
+        dict(x=x, h0=h0, kernel=W, recurrent_kernel=U, bias=b), dtype, rng,
+        mask=make_mask("holes", 3, 17, rng), go_backwards=go_backwards, recurrent_mask=m)
+
+
+def test_recurrent_mask_reference_by_finite_differences(rng):
+    from fastrnn.testing import check_gradients
+
+    x, h0, W, U, b = _case(rng, (2, 5, 3, 4), np.float64)
+    m = (rng.random((2, 4)) > 0.5) * 2.0
+    check_gradients(reference.simple_rnn_forward, reference.simple_rnn_backward,
+                    dict(x=x, h0=h0, kernel=W, recurrent_kernel=U, bias=b),
+                    mask=make_mask("holes", 2, 5, rng), recurrent_mask=m)
+
+
+def test_recurrent_mask_validation():
+    x = np.ones((2, 3, 1))
+    with pytest.raises(ValueError, match=r"recurrent_mask.*\(2, 4\).*\(2, 3\)"):
+        kernels.simple_rnn_forward(x, None, np.ones((1, 4)), np.ones((4, 4)), None,
+                                   recurrent_mask=np.ones((2, 3)))
