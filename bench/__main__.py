@@ -68,6 +68,15 @@ def table(data):
         lines.append(f"{cell:<{width}}{shape:<20}{mode:<18}{fast:>11.2f}{iqr:>7.2f}"
                      f"{ms('keras')}{ms('torch')}{ms('floor')}"
                      f"{speedup('keras')}{speedup('torch')}{floor}")
+    overhead = rows.get(("overhead GRU(1)", "B1 T1 I1 H1", "forward"))
+    if overhead and {"fastrnn", "fastrnn kernel", "tf.numpy_function"} <= set(overhead):
+        med = {k: s["median"] * 1e6 for k, s in overhead.items()}
+        own = med["fastrnn"] - med["fastrnn kernel"] - med["tf.numpy_function"]
+        lines.append("")
+        lines.append(f"fixed cost of one fastrnn.GRU call (B1 T1 H1, inside tf.function): "
+                     f"{med['fastrnn']:.0f} us = kernel {med['fastrnn kernel']:.0f} us + bare "
+                     f"tf.numpy_function round trip {med['tf.numpy_function']:.0f} us + fastrnn's "
+                     f"own glue {own:.0f} us (keras.layers.GRU: {med.get('keras', float('nan')):.0f} us)")
     return "\n".join(lines)
 
 
