@@ -17,12 +17,18 @@ disk by Numba), never at import.
 
 from ._validate import ACTIVATIONS
 from .gru.cpu import gru_backward, gru_forward
+from .mingru.cpu import mingru_backward, mingru_forward
+from .scan.cpu import linear_scan, linear_scan_backward
 from .simple_rnn.cpu import simple_rnn_backward, simple_rnn_forward
 
 __all__ = [
     "ACTIVATIONS",
     "gru_backward",
     "gru_forward",
+    "linear_scan",
+    "mingru_backward",
+    "mingru_forward",
+    "linear_scan_backward",
     "simple_rnn_backward",
     "simple_rnn_forward",
 ]

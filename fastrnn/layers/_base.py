@@ -101,7 +101,7 @@ class FastRNNMixin:
             raise ValueError(f"{self.name}: inputs must be floating point, got dtype "
                              f"{sequences.dtype.name} (cast integer features, or embed ids "
                              "with keras.layers.Embedding first)")
-        features = self.cell.kernel.shape[0]
+        features = self.cell.kernel.shape[0]  # every cell here has kernel [I, G * H]
         if sequences.shape[-1] is not None and sequences.shape[-1] != features:
             raise ValueError(f"{self.name}: inputs have {sequences.shape[-1]} features but the "
                              f"layer was built for {features}; got input shape {sequences.shape}")

@@ -20,20 +20,33 @@ from tensorflow.python.eager import record
 
 from fastrnn.kernels import _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
+from fastrnn.kernels.mingru import cpu as mingru_cpu
 from fastrnn.kernels.simple_rnn import cpu as simple_rnn_cpu
 
 _COMPUTE = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
 
 
 def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
-                recurrent_mask=None):
+                recurrent_mask=None, carry=None, restore=None, n_carry=None):
     """Differentiable (outputs [B, T, H], h_last [B, H]).
 
     `forward(x, h0, *weights, mask, recurrent_mask)` and `backward(saved, d_out,
     d_h_last)` are the NumPy kernels; `weights` are tensors (kernel,
     recurrent_kernel, bias or None); `meta` the non-array fields of `saved_cls`,
     fixed by the configuration. `mask` and `recurrent_mask` get no gradient.
+    `carry(saved)` lists the arrays the backward cannot rebuild and
+    `restore(carried, x, h0, weights, mask, recurrent_mask)` rebuilds `saved`
+    (`n_carry` arrays); by default the recurrent cells' (kernels._validate).
     """
+    if carry is None:
+        n_carry = sum(f.type is np.ndarray and f.name not in _validate.DERIVED_FIELDS
+                      for f in saved_cls.__dataclass_fields__.values())
+        carry = _validate.saved_arrays
+
+        def restore(carried, x_np, h0_np, ws, m, rm):
+            return _validate.restore_saved(saved_cls, carried, x_np, m, ws[0], ws[1],
+                                           recurrent_mask=rm, **meta)
+
     out_dtype = x.dtype
     dtype = _COMPUTE.get(out_dtype, out_dtype)
     present = [w is not None for w in weights]
@@ -42,8 +55,6 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
     mask_t = tf.cast(mask, tf.bool) if has_mask else tf.zeros((0, 0), tf.bool)
     has_rmask = recurrent_mask is not None
     rmask_t = tf.cast(recurrent_mask, dtype) if has_rmask else tf.zeros((0, 0), dtype)
-    n_saved = sum(f.type is np.ndarray and f.name not in _validate.DERIVED_FIELDS
-                  for f in saved_cls.__dataclass_fields__.values())
     save = record.could_possibly_record()
 
     def unpack(mask_in, rmask_in, arrays):
@@ -55,12 +66,12 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
     def forward_np(mask_in, rmask_in, *tensors):
         x_np, h0_np, ws, m, rm = unpack(mask_in, rmask_in, tensors)
         out, h_last, saved = forward(x_np, h0_np, *ws, m, rm)
-        return [out, h_last] + (_validate.saved_arrays(saved) if save else [])
+        return [out, h_last] + (carry(saved) if save else [])
 
     @tf.custom_gradient
     def op(*tensors):
         out, h_last, *carried = tf.numpy_function(forward_np, [mask_t, rmask_t, *tensors],
-                                                  Tout=[dtype] * (2 + (n_saved if save else 0)))
+                                                  Tout=[dtype] * (2 + (n_carry if save else 0)))
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
         h_last.set_shape(tensors[0].shape[:1].concatenate([units]))
 
@@ -69,8 +80,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
                 tensors_in, carried_in = rest[:len(tensors)], rest[len(tensors):]
                 x_np, h0_np, ws, m, rm = unpack(mask_in, rmask_in, tensors_in)
                 if carried_in:
-                    saved = _validate.restore_saved(saved_cls, list(carried_in), x_np, m,
-                                                    ws[0], ws[1], recurrent_mask=rm, **meta)
+                    saved = restore(list(carried_in), x_np, h0_np, ws, m, rm)
                 else:
                     saved = forward(x_np, h0_np, *ws, m, rm)[2]
                 grads = backward(saved, d_out_in, d_h_in)
@@ -124,3 +134,17 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="
     return _recurrence(forward, simple_rnn_cpu.simple_rnn_backward, simple_rnn_cpu.SimpleRNNSaved,
                        meta, x, h0, [kernel, recurrent_kernel, bias], mask,
                        recurrent_kernel.shape[0], recurrent_mask)
+
+
+def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False):
+    """minGRU over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
+    def forward(x, h0, kernel, bias, mask, recurrent_mask):
+        return mingru_cpu.mingru_forward(x, h0, kernel, bias, mask=mask, go_backwards=go_backwards)
+
+    def restore(carried, x_np, h0_np, ws, m, rm):
+        return mingru_cpu.restore_saved(carried, x_np, h0_np, ws[0], m, has_bias=bias is not None,
+                                        go_backwards=go_backwards)
+
+    return _recurrence(forward, mingru_cpu.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, h0,
+                       [kernel, bias], mask, kernel.shape[1] // 2,
+                       carry=lambda saved: [saved.gates, saved.states], restore=restore, n_carry=2)
