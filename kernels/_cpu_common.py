@@ -10,6 +10,7 @@ with respect to x are reversed once on the way out.
 import numpy as np
 from numba import njit
 
+from . import _pool
 from ._math import sigmoid as fast_sigmoid
 from ._math import tanh as fast_tanh
 
@@ -64,7 +65,7 @@ def to_time_major(x, go_backwards):
     """[B, T, F] -> C-contiguous [T, B, F] in processing order (one copy)."""
     if go_backwards:
         x = x[:, ::-1]
-    return np.ascontiguousarray(x.transpose(1, 0, 2))
+    return _pool.ascontiguous(x.transpose(1, 0, 2))
 
 
 def from_time_major(a_tm, go_backwards):
@@ -72,7 +73,7 @@ def from_time_major(a_tm, go_backwards):
     a = a_tm.transpose(1, 0, 2)
     if go_backwards:
         a = a[:, ::-1]
-    return np.ascontiguousarray(a)
+    return _pool.ascontiguous(a)
 
 
 def time_major_mask(mask, batch, time, go_backwards):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _pool
 from .. import _validate as v
 from .._blas import gemm
 from .._cpu_common import (
@@ -304,11 +305,11 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     has_bias = bias is not None
 
     x_tm = to_time_major(x, go_backwards)
-    gates = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, 3 * units)
-    states = np.empty((time + 1, batch, units), x.dtype)
+    gates = _pool.matmul(x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, 3 * units)
+    states = _pool.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
-    extra = np.empty((time, batch, units), x.dtype)
-    out = np.empty((batch, time, units), x.dtype)
+    extra = _pool.empty((time, batch, units), x.dtype)
+    out = _pool.empty((batch, time, units), x.dtype)
     if bias is None:
         bias = np.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
     if reset_after:
@@ -342,12 +343,12 @@ def gru_backward(saved, d_out, d_h_last):
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
     rk = saved.recurrent_kernel
-    d_xw = np.empty((time, batch, width), dtype)
+    d_xw = _pool.empty((time, batch, width), dtype)
     h_prev = saved.states[:time].reshape(time * batch, units)
     d_xw2 = d_xw.reshape(time * batch, width)
     d_b_in = np.zeros(width)  # bias gradients accumulate in float64 inside the loop
     if saved.reset_after:
-        d_hu = np.empty((time, batch, width), dtype)
+        d_hu = _pool.empty((time, batch, width), dtype)
         d_b_hh = np.zeros(units)
         _backward_reset_after(saved.gates, saved.extra, saved.states, d_out, dh,
                               np.ascontiguousarray(rk.T), saved.mask, saved.first,
@@ -364,6 +365,7 @@ def gru_backward(saved, d_out, d_h_last):
         d_recurrent[:, 2 * units:] = saved.extra.reshape(time * batch, units).T @ d_xw2[:, 2 * units:]
         d_bias = d_b_in
     d_bias = d_bias.astype(dtype) if saved.has_bias else None
-    dx = from_time_major((d_xw2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
+    dx = from_time_major(_pool.matmul(d_xw2, saved.kernel.T).reshape(time, batch, -1),
+                         saved.go_backwards)
     d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_xw2
     return dx, dh, d_kernel, d_recurrent, d_bias

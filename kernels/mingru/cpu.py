@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from .. import _pool
 from .. import _validate as v
 from .._cpu_common import activate, time_major_mask
 from ..scan.cpu import choose_method, run_scan
@@ -177,16 +178,16 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(2 * units, x.dtype)
-    x_p = np.ascontiguousarray(x[:, ::-1]) if go_backwards else x
-    gates = (x_p.reshape(batch * time, -1) @ kernel).reshape(batch, time, 2 * units)
-    states = np.empty((batch, time, units), x.dtype)
-    out = np.empty((batch, time, units), x.dtype)
+    x_p = _pool.ascontiguous(x[:, ::-1]) if go_backwards else x
+    gates = _pool.matmul(x_p.reshape(batch * time, -1), kernel).reshape(batch, time, 2 * units)
+    states = _pool.empty((batch, time, units), x.dtype)
+    out = _pool.empty((batch, time, units), x.dtype)
     if method == "auto":
         method = choose_method(batch, time)
     if method == "sequential":
         _forward_fused(gates, bias, h0, states, out, mask_bt, first)
     else:
-        a = np.empty_like(states)
+        a = _pool.empty(states.shape, states.dtype)
         _gates_to_scan(gates, bias, mask_bt, a, states)
         run_scan(a, states, h0, states, False, "blelloch")
         out[:] = states
@@ -208,7 +209,7 @@ def mingru_backward(saved, d_out, d_h_last):
     dtype = saved.states.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
-    d_pre = np.empty((batch, time, 2 * units), dtype)
+    d_pre = _pool.empty((batch, time, 2 * units), dtype)
     d_bias_rows = np.zeros((batch, 2 * units))
     if saved.method == "sequential":
         _backward_fused(saved.gates, saved.states, saved.h0, d_out, dh, saved.mask_bt,
@@ -223,9 +224,9 @@ def mingru_backward(saved, d_out, d_h_last):
                             d_bias_rows)
         dh = a[:, 0] * g[:, 0]
     d_pre2 = d_pre.reshape(batch * time, 2 * units)
-    dx = (d_pre2 @ saved.kernel.T).reshape(batch, time, -1)
+    dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
     if saved.go_backwards:
-        dx = np.ascontiguousarray(dx[:, ::-1])
+        dx = _pool.ascontiguous(dx[:, ::-1])
     d_kernel = saved.x_p.reshape(batch * time, -1).T @ d_pre2
     d_bias = d_bias_rows.sum(axis=0).astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_bias

@@ -115,10 +115,12 @@ METHODS = ("auto", "sequential", "blelloch")
 
 
 def choose_method(batch, time):
-    """The measured rule (bench/test_scan.py): Blelloch only when rows cannot
-    keep every core busy and the sequence is long enough to cut into chunks."""
+    """The measured rule (bench/test_mingru.py::test_scan, 2-core EPYC, H=128):
+    Blelloch won only with fewer rows than cores and very long sequences
+    (B1 T65536: 6.2 ms against 7.2 ms sequential; B1 T16384: 1.06 against 0.90;
+    it lost at every B16 length, by 2-4x)."""
     threads = get_num_threads()
-    return "blelloch" if batch < threads and time >= 4 * 256 else "sequential"
+    return "blelloch" if batch < threads and time >= 32768 else "sequential"
 
 
 def run_scan(a, b, init, out, reverse, method="auto", chunk=256):

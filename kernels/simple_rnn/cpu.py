@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _pool
 from .. import _validate as v
 from .._blas import gemm
 from .._cpu_common import (
@@ -126,13 +127,13 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     rec_mask = v.check_recurrent_mask(recurrent_mask, batch, units, x.dtype)
 
     x_tm = to_time_major(x, go_backwards)
-    xw = (x_tm.reshape(time * batch, -1) @ kernel).reshape(time, batch, units)
+    xw = _pool.matmul(x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, units)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(units, x.dtype)
-    states = np.empty((time + 1, batch, units), x.dtype)
+    states = _pool.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
-    out = np.empty((batch, time, units), x.dtype)
+    out = _pool.empty((batch, time, units), x.dtype)
     _forward_kernel(xw, recurrent_kernel, bias, states, out, mask_tm, first, act, rec_mask)
     # xw now holds h_t at unmasked steps and is dropped; states keeps what backward needs.
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
@@ -158,12 +159,13 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
 
-    d_pre = np.empty((time, batch, units), dtype)
+    d_pre = _pool.empty((time, batch, units), dtype)
     d_bias = np.zeros(units)  # accumulated in float64 inside the loop
     _backward_kernel(saved.states, d_out, dh, np.ascontiguousarray(saved.recurrent_kernel.T),
                      saved.mask, saved.first, saved.act, d_pre, d_bias, saved.recurrent_mask)
     d_pre2 = d_pre.reshape(time * batch, units)
-    dx = from_time_major((d_pre2 @ saved.kernel.T).reshape(time, batch, -1), saved.go_backwards)
+    dx = from_time_major(_pool.matmul(d_pre2, saved.kernel.T).reshape(time, batch, -1),
+                         saved.go_backwards)
     d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_pre2
     h_prev = saved.states[:time]
     if saved.recurrent_mask.size:

@@ -1,0 +1,107 @@
+"""minGRU: the kernels beside the Dense-gates + tf-loop layer, the torch log-space scan
+and the floor; the linear scan's two methods against T; a next-word language model."""
+
+import os
+
+import numpy as np
+import pytest
+
+from bench.cases import torch_available
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHAPES = {"B16 T1024 I64 H128": (16, 1024, 64, 128), "B64 T100 I128 H256": (64, 100, 128, 256)}
+
+
+def _inputs(shape):
+    B, T, I, H = shape
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((B, T, I)).astype("float32"),
+            (rng.standard_normal((I, 2 * H)) / np.sqrt(I)).astype("float32"),
+            np.zeros(2 * H, "float32"), rng.standard_normal((B, T, H)).astype("float32"))
+
+
+def mingru_case(impl, shape):
+    B, T, I, H = shape
+    x, W, b, d_out = _inputs(shape)
+    if impl == "fastrnn":
+        from fastrnn import kernels
+
+        def run():
+            _, _, saved = kernels.mingru_forward(x, None, W, b)
+            return kernels.mingru_backward(saved, d_out, None)
+        return run
+    if impl == "floor":
+        # The three GEMMs and one pass over the gate-sized array each way.
+        x2, d2 = x.reshape(B * T, I), np.ones((B * T, 2 * H), "float32")
+        gates, dx, spare = np.empty((B * T, 2 * H), "float32"), np.empty((B * T, I), "float32"), \
+            np.empty((B * T, 2 * H), "float32")
+
+        def run():
+            np.matmul(x2, W, out=gates)
+            np.copyto(spare, gates)
+            np.copyto(spare, d2)
+            np.matmul(d2, W.T, out=dx)
+            return x2.T @ d2
+        return run
+    if impl == "tf loop":
+        import tensorflow as tf
+
+        from bench.mingru_anchors import DenseLoopMinGRU
+
+        layer = DenseLoopMinGRU(H, return_sequences=True)
+        layer.build((B, T, I))
+        xt, dt = tf.constant(x), tf.constant(d_out)
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                loss = tf.reduce_sum(layer(xt) * dt)
+            return tape.gradient(loss, [xt] + layer.trainable_weights)
+        return run
+    if impl == "torch log-space":
+        import torch
+
+        from bench.mingru_anchors import torch_log_space_mingru
+
+        xt = torch.from_numpy(x).requires_grad_(True)
+        Wt = torch.from_numpy(W).requires_grad_(True)
+        bt = torch.from_numpy(b).requires_grad_(True)
+        dt = torch.from_numpy(d_out)
+
+        def run():
+            xt.grad = Wt.grad = bt.grad = None
+            torch_log_space_mingru(xt, Wt, bt).backward(dt)
+        return run
+    raise ValueError(impl)
+
+
+@pytest.mark.parametrize("impl", ["fastrnn", "tf loop", "torch log-space", "floor"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_mingru(run_benchmark, benchmark, shape, impl):
+    if impl == "torch log-space" and not torch_available():
+        pytest.skip("torch is not installed (pip install torch) - its anchor is left out")
+    benchmark.group = f"mingru | {shape} | forward+backward"
+    name = {"tf loop": "keras", "torch log-space": "torch"}.get(impl, impl)
+    run_benchmark(mingru_case(impl, SHAPES[shape]), impl=name, cell="mingru", shape=shape,
+                  mode="forward+backward")
+
+
+@pytest.mark.parametrize("method", ["sequential", "blelloch", "copy"])
+@pytest.mark.parametrize("time", [64, 1024, 16384, 65536])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_scan(run_benchmark, benchmark, batch, time, method):
+    from fastrnn import kernels
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (batch, time, 128)).astype("float32")
+    b = rng.standard_normal((batch, time, 128)).astype("float32")
+    benchmark.group = f"scan B{batch} T{time} H128"
+    if method == "copy":  # the floor: moving the same bytes once
+        out = np.empty_like(a)
+        fn = lambda: np.copyto(out, b)  # noqa: E731
+    else:
+        fn = lambda: kernels.linear_scan(a, b, method=method)  # noqa: E731
+    run_benchmark(fn, impl={"sequential": "fastrnn"}.get(method, method),
+                  cell=f"scan B{batch} H128", shape=f"T{time}", mode="forward")
