@@ -83,10 +83,11 @@ def table(data):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn")
-    parser.add_argument("--suite", default="kernels,layers",
+    parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn,mingru")
+    parser.add_argument("--suite", default="kernels,layers,mingru",
                         help="comma-separated suites: kernels (kernel level, beside Keras, torch "
-                             "and the GEMM floor), layers (Keras layers and models)")
+                             "and the GEMM floor), layers (Keras layers and models), mingru "
+                             "(minGRU kernels, the scan against T, a language model)")
     parser.add_argument("--budget", default="0.4", help="seconds of timed rounds per case")
     parser.add_argument("--json", default=None, help="where to save the run (JSON)")
     args = parser.parse_args(argv)

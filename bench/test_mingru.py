@@ -105,3 +105,26 @@ def test_scan(run_benchmark, benchmark, batch, time, method):
         fn = lambda: kernels.linear_scan(a, b, method=method)  # noqa: E731
     run_benchmark(fn, impl={"sequential": "fastrnn"}.get(method, method),
                   cell=f"scan B{batch} H128", shape=f"T{time}", mode="forward")
+
+
+LM_SEQUENCES = 512  # 16 batches of 32 sequences of 32 tokens per timed epoch
+
+
+@pytest.mark.parametrize("impl", ["fastrnn", "tf loop"])
+def test_lm_epoch(run_benchmark, benchmark, impl):
+    """One epoch of next-word training (Embedding(mask_zero) -> minGRU(128) -> Dense)."""
+    from bench.lm import corpus, paired_models
+
+    x, y, vocab = corpus(max_sequences=LM_SEQUENCES)
+    fast, loop = paired_models(vocab_size=vocab)
+    net = fast if impl == "fastrnn" else loop
+    losses = []
+
+    def epoch():
+        history = net.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        losses.append(history.history["loss"][-1])
+
+    benchmark.group = "lm minGRU(128) epoch"
+    run_benchmark(epoch, impl="keras" if impl == "tf loop" else impl, cell="lm minGRU(128)",
+                  shape=f"{LM_SEQUENCES}x32 tokens", mode="epoch")
+    benchmark.extra_info["first_epoch_loss"] = losses[0]

@@ -100,3 +100,27 @@ def _gemm_impl(a, b, out, accumulate):
              b.ctypes, n, scalar(accumulate), out.ctypes, n)
 
     return impl
+
+
+def _local_threads_setter():
+    import numpy._core._multiarray_umath as umath
+
+    try:
+        lib = ctypes.CDLL(umath.__file__)
+        setter = lib.openblas_set_num_threads_local
+    except (OSError, AttributeError):
+        return None
+    setter.argtypes = [ctypes.c_int]
+    setter.restype = ctypes.c_int
+    return setter
+
+
+_set_local_threads = _local_threads_setter()
+
+
+def set_local_threads(n):
+    """OpenBLAS threads for BLAS calls made from the calling thread only
+    (OpenBLAS >= 0.3.27); returns the previous count, or None where unsupported."""
+    if _set_local_threads is None:
+        return None
+    return _set_local_threads(int(n))

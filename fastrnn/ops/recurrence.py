@@ -14,16 +14,44 @@ gradient be asked for after all (a tf.function traced without a tape and called
 under one), re-runs the forward first. Half precision is computed in float32.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from fastrnn.kernels import _validate
+from fastrnn.kernels import _blas, _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu
 from fastrnn.kernels.simple_rnn import cpu as simple_rnn_cpu
 
 _COMPUTE = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
+
+# BLAS threads for the kernels' matrix products when TensorFlow calls them. TF runs
+# other ops of the graph at the same time on its own thread pool; for small
+# recurrences a multi-threaded OpenBLAS competing with it for the cores measured
+# slower (a minGRU(128) T32 language-model training step: 43 ms with 2 OpenBLAS
+# threads, 35 ms with 1), while a large one gains from the threads (GRU(256)
+# B64 T100 layer step: 162 ms with 1, 103 ms with 2; 2-core EPYC). Below
+# SMALL_WORK multiply-adds per call the kernels use one thread. The environment
+# variable FASTRNN_BLAS_THREADS_IN_TF forces a count for every call.
+SMALL_WORK = 1 << 27
+_FORCED_THREADS = os.environ.get("FASTRNN_BLAS_THREADS_IN_TF")
+
+
+def _blas_threads_for(fn, work):
+    threads = int(_FORCED_THREADS) if _FORCED_THREADS else (1 if work < SMALL_WORK else None)
+    if threads is None:
+        return fn
+
+    def wrapped(*args):
+        previous = _blas.set_local_threads(threads)
+        try:
+            return fn(*args)
+        finally:
+            if previous is not None:
+                _blas.set_local_threads(previous)
+    return wrapped
 
 
 def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
@@ -68,9 +96,15 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
         out, h_last, saved = forward(x_np, h0_np, *ws, m, rm)
         return [out, h_last] + (carry(saved) if save else [])
 
+    # Multiply-adds per call, from static shapes (unknown sizes count as large).
+    dims = [x.shape[0], x.shape[1], weights[0].shape[0], weights[0].shape[1], units]
+    work = np.prod([d if d is not None else SMALL_WORK for d in dims[:2]], dtype=np.float64) * (
+        dims[3] * (dims[2] + units))
+
     @tf.custom_gradient
     def op(*tensors):
-        out, h_last, *carried = tf.numpy_function(forward_np, [mask_t, rmask_t, *tensors],
+        out, h_last, *carried = tf.numpy_function(_blas_threads_for(forward_np, work),
+                                                  [mask_t, rmask_t, *tensors],
                                                   Tout=[dtype] * (2 + (n_carry if save else 0)))
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
         h_last.set_shape(tensors[0].shape[:1].concatenate([units]))
@@ -86,7 +120,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
                 grads = backward(saved, d_out_in, d_h_in)
                 return [g for g, p in zip(grads, [True, True] + present) if p]
 
-            grads = tf.numpy_function(backward_np,
+            grads = tf.numpy_function(_blas_threads_for(backward_np, work),
                                       [d_out, d_h_last, mask_t, rmask_t, *tensors, *carried],
                                       Tout=[dtype] * len(tensors))
             for g, t in zip(grads, tensors):

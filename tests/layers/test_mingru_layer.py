@@ -152,3 +152,15 @@ def test_bad_input():
         layer(np.ones((2, 4, 3), "float32"), mask=np.ones((2, 3), bool))
     with pytest.raises(ValueError, match="units must be a positive integer"):
         fastrnn.MinGRU(0)
+
+
+def test_language_model_loss_curve_matches_the_tf_loop_model():
+    # The benchmark's workload, small: same weights, same batches, same losses.
+    from bench.lm import corpus, paired_models
+
+    x, y, vocab = corpus(seq_len=16, vocab_size=300, max_sequences=96)
+    fast, loop = paired_models(units=32, vocab_size=vocab)
+    curves = [[float(net.train_on_batch(x[i:i + 32], y[i:i + 32])) for i in range(0, 96, 32)]
+              for net in (fast, loop)]
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-5)
+    assert curves[0][-1] < curves[0][0]
