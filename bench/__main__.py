@@ -53,7 +53,10 @@ def table(data):
               f"{'vs keras':>10}{'vs torch':>10}{'/ floor':>9}")
     lines.append(header)
     lines.append("-" * len(header))
+    scans = {key: stats for key, stats in rows.items() if key[0].startswith("scan")}
     for (cell, shape, mode), stats in rows.items():
+        if (cell, shape, mode) in scans:
+            continue
         med = {k: s["median"] * 1e3 for k, s in stats.items()}
         fast = med.get("fastrnn")
         iqr = stats["fastrnn"]["iqr"] * 1e3 if "fastrnn" in stats else float("nan")
@@ -68,6 +71,19 @@ def table(data):
         lines.append(f"{cell:<{width}}{shape:<20}{mode:<18}{fast:>11.2f}{iqr:>7.2f}"
                      f"{ms('keras')}{ms('torch')}{ms('floor')}"
                      f"{speedup('keras')}{speedup('torch')}{floor}")
+    if scans:
+        lines.append("")
+        lines.append("linear scan h_t = a_t h_(t-1) + b_t (ms): sequential (parallel over rows) "
+                     "against Blelloch (parallel over time); copy = moving b once, the floor")
+        lines.append(f"{'case':<16}{'T':>8}{'sequential':>12}{'blelloch':>10}{'copy':>9}{'auto picks':>12}")
+        from fastrnn.kernels.scan.cpu import choose_method
+
+        for (cell, shape, _), stats in scans.items():
+            med = {k: s["median"] * 1e3 for k, s in stats.items()}
+            batch, time = int(cell.split()[1][1:]), int(shape[1:])
+            lines.append(f"{cell:<16}{time:>8}{med.get('fastrnn', float('nan')):>12.3f}"
+                         f"{med.get('blelloch', float('nan')):>10.3f}{med.get('copy', float('nan')):>9.3f}"
+                         f"{choose_method(batch, time):>12}")
     overhead = rows.get(("overhead GRU(1)", "B1 T1 I1 H1", "forward"))
     if overhead and {"fastrnn", "fastrnn kernel", "tf.numpy_function"} <= set(overhead):
         med = {k: s["median"] * 1e6 for k, s in overhead.items()}

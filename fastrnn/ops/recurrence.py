@@ -39,12 +39,16 @@ SMALL_WORK = 1 << 27
 _FORCED_THREADS = os.environ.get("FASTRNN_BLAS_THREADS_IN_TF")
 
 
-def _blas_threads_for(fn, work):
-    threads = int(_FORCED_THREADS) if _FORCED_THREADS else (1 if work < SMALL_WORK else None)
-    if threads is None:
-        return fn
+def _blas_threads_for(fn, x_index, gates):
+    """Run fn with one BLAS thread when its call is small (decided on the arrays it
+    gets: static shapes are often unknown in Keras' fit)."""
 
     def wrapped(*args):
+        x = args[x_index]
+        work = x.shape[0] * x.shape[1] * gates * (x.shape[2] + gates)
+        threads = int(_FORCED_THREADS) if _FORCED_THREADS else (1 if work < SMALL_WORK else None)
+        if threads is None:
+            return fn(*args)
         previous = _blas.set_local_threads(threads)
         try:
             return fn(*args)
@@ -96,14 +100,11 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
         out, h_last, saved = forward(x_np, h0_np, *ws, m, rm)
         return [out, h_last] + (carry(saved) if save else [])
 
-    # Multiply-adds per call, from static shapes (unknown sizes count as large).
-    dims = [x.shape[0], x.shape[1], weights[0].shape[0], weights[0].shape[1], units]
-    work = np.prod([d if d is not None else SMALL_WORK for d in dims[:2]], dtype=np.float64) * (
-        dims[3] * (dims[2] + units))
+    width = weights[0].shape[1]  # G * H, the kernel's columns
 
     @tf.custom_gradient
     def op(*tensors):
-        out, h_last, *carried = tf.numpy_function(_blas_threads_for(forward_np, work),
+        out, h_last, *carried = tf.numpy_function(_blas_threads_for(forward_np, 2, width),
                                                   [mask_t, rmask_t, *tensors],
                                                   Tout=[dtype] * (2 + (n_carry if save else 0)))
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
@@ -120,7 +121,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
                 grads = backward(saved, d_out_in, d_h_in)
                 return [g for g, p in zip(grads, [True, True] + present) if p]
 
-            grads = tf.numpy_function(_blas_threads_for(backward_np, work),
+            grads = tf.numpy_function(_blas_threads_for(backward_np, 4, width),
                                       [d_out, d_h_last, mask_t, rmask_t, *tensors, *carried],
                                       Tout=[dtype] * len(tensors))
             for g, t in zip(grads, tensors):

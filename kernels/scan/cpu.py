@@ -115,12 +115,17 @@ METHODS = ("auto", "sequential", "blelloch")
 
 
 def choose_method(batch, time):
-    """The measured rule (bench/test_mingru.py::test_scan, 2-core EPYC, H=128):
-    Blelloch won only with fewer rows than cores and very long sequences
-    (B1 T65536: 6.2 ms against 7.2 ms sequential; B1 T16384: 1.06 against 0.90;
-    it lost at every B16 length, by 2-4x)."""
+    """Sequential unless at least two cores per batch row would otherwise idle.
+
+    Measured on 2 cores (bench/test_mingru.py::test_scan, H=128), Blelloch lost at
+    every B16 length by 1.5-2.2x and at B1 up to T=16384 (1.50 against 1.05 ms); at
+    B1 T=65536 it won one run (6.2 against 7.2 ms) and lost the next (7.3 against
+    5.1 ms). It moves about twice the bytes, so it needs at least two idle cores
+    per row to pay off: on 2 cores the rule always picks sequential; the Blelloch
+    branch for many-core machines is not yet measured.
+    """
     threads = get_num_threads()
-    return "blelloch" if batch < threads and time >= 32768 else "sequential"
+    return "blelloch" if 2 * batch <= threads // 2 and time >= 16384 else "sequential"
 
 
 def run_scan(a, b, init, out, reverse, method="auto", chunk=256):
