@@ -1,7 +1,10 @@
+import os
 import zlib
 
 import numpy as np
 import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out
 
 # One tolerance table per dtype: the worst error max|a - b| / max(max|b|, 1)
 # allowed between a kernel and its float64 reference, per compared array (see
