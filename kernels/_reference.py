@@ -76,6 +76,17 @@ def run_forward(step, x, states, mask, go_backwards):
     return np.stack(outs, axis=1), states, tape
 
 
+def single_state_backward(tape, d_out, d_h_last):
+    """run_backward for cells whose only state is h (tape["units"] wide); None
+    upstream gradients mean zeros. Returns dx, dh0, *d_weights."""
+    batch, time, _ = tape["x_shape"]
+    units = tape["units"]
+    d_out = np.zeros((batch, time, units)) if d_out is None else d_out
+    d_h_last = np.zeros((batch, units)) if d_h_last is None else d_h_last
+    dx, (dh0,), d_weights = run_backward(tape["step_backward"], tape, d_out, (d_h_last,))
+    return (dx, dh0) + d_weights
+
+
 def run_backward(step_backward, tape, d_out, d_states):
     """Reverse of run_forward. Returns dx, d_initial_states, d_weights."""
     caches, mask = tape["caches"], tape["mask"]

@@ -10,7 +10,7 @@ reset_after=False, bias [3H]:
 
 import numpy as np
 
-from .._reference import activation_functions, f64, run_backward, run_forward
+from .._reference import activation_functions, f64, run_forward, single_state_backward
 
 
 def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=True,
@@ -88,9 +88,4 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
 
 def gru_backward(tape, d_out, d_h_last):
     """Returns dx, dh0, d_kernel, d_recurrent_kernel, d_bias (None without bias)."""
-    batch, time, _ = tape["x_shape"]
-    H = tape["units"]
-    d_out = np.zeros((batch, time, H)) if d_out is None else d_out
-    d_h_last = np.zeros((batch, H)) if d_h_last is None else d_h_last
-    dx, (dh0,), dw = run_backward(tape["step_backward"], tape, d_out, (d_h_last,))
-    return (dx, dh0) + dw
+    return single_state_backward(tape, d_out, d_h_last)

@@ -30,22 +30,29 @@ from ..scan.cpu import choose_method, run_scan
 _opts = dict(cache=True, error_model="numpy")
 
 
+@njit(inline="always", **_opts)
+def _gates_in_place(row, bias, units):
+    # row = x_t W (2H) -> z | h~ = sigmoid(x W_z + b_z) | x W_h + b_h
+    z = row[:units]
+    ht = row[units:]
+    for j in range(units):
+        z[j] += bias[j]
+    activate(2, z)
+    for j in range(units):
+        ht[j] += bias[units + j]
+    return z, ht
+
+
 @njit(**_opts)
 def _forward_fused(gates, bias, h0, states, out, mask, first):
     # gates [B, T, 2H]: x W on entry, z | h~ on exit (unmasked steps).
     batch, time, width = gates.shape
     units = width // 2
-    for r in prange(batch):
+    for r in range(batch):
         h = h0[r].copy()
         for t in range(time):
             if mask[r, t]:
-                z = gates[r, t, :units]
-                ht = gates[r, t, units:]
-                for j in range(units):
-                    z[j] += bias[j]
-                activate(2, z)
-                for j in range(units):
-                    ht[j] += bias[units + j]
+                z, ht = _gates_in_place(gates[r, t], bias, units)
                 for j in range(units):
                     h[j] += z[j] * (ht[j] - h[j])
             states[r, t] = h
@@ -66,13 +73,7 @@ def _gates_to_scan(gates, bias, mask, a, b):
             a[r, t] = 1.0
             b[r, t] = 0.0
             continue
-        z = gates[r, t, :units]
-        ht = gates[r, t, units:]
-        for j in range(units):
-            z[j] += bias[j]
-        activate(2, z)
-        for j in range(units):
-            ht[j] += bias[units + j]
+        z, ht = _gates_in_place(gates[r, t], bias, units)
         for j in range(units):
             a[r, t, j] = 1.0 - z[j]
             b[r, t, j] = z[j] * ht[j]
@@ -84,7 +85,7 @@ def _backward_fused(gates, states, h0, d_out, dh, mask, first, d_pre, d_bias_row
     # d_bias_rows [B, 2H] float64: per-row column sums of d_pre (summed by the caller).
     batch, time, width = gates.shape
     units = width // 2
-    for r in prange(batch):
+    for r in range(batch):
         g = dh[r]
         for t in range(time - 1, -1, -1):
             if t >= first[r]:

@@ -7,7 +7,7 @@ Masks and go_backwards follow Keras' rules (the shared loop in _reference.py).
 
 import numpy as np
 
-from .._reference import f64, run_backward, run_forward
+from .._reference import f64, run_forward, single_state_backward
 
 
 def _sigmoid(v):
@@ -42,9 +42,4 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False):
 
 def mingru_backward(tape, d_out, d_h_last):
     """Returns dx, dh0, d_kernel, d_bias (None without bias)."""
-    batch, time, _ = tape["x_shape"]
-    H = tape["units"]
-    d_out = np.zeros((batch, time, H)) if d_out is None else d_out
-    d_h_last = np.zeros((batch, H)) if d_h_last is None else d_h_last
-    dx, (dh0,), dw = run_backward(tape["step_backward"], tape, d_out, (d_h_last,))
-    return (dx, dh0) + dw
+    return single_state_backward(tape, d_out, d_h_last)

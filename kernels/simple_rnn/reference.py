@@ -7,7 +7,7 @@ Same signatures as the fast kernels; results are always float64.
 
 import numpy as np
 
-from .._reference import activation_functions, f64, run_backward, run_forward
+from .._reference import activation_functions, f64, run_forward, single_state_backward
 
 
 def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
@@ -37,14 +37,10 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
 
     out, (h_last,), tape = run_forward(step, x, (h0,), mask, go_backwards)
     tape["step_backward"] = step_backward
-    tape["weights"] = (W, U, b)
+    tape["units"] = U.shape[0]
     return out, h_last, tape
 
 
 def simple_rnn_backward(tape, d_out, d_h_last):
     """Returns dx, dh0, d_kernel, d_recurrent_kernel, d_bias (None without bias)."""
-    out_shape = tape["x_shape"][:2] + (tape["weights"][1].shape[0],)
-    d_out = np.zeros(out_shape) if d_out is None else d_out
-    d_h_last = np.zeros((out_shape[0], out_shape[2])) if d_h_last is None else d_h_last
-    dx, (dh0,), dw = run_backward(tape["step_backward"], tape, d_out, (d_h_last,))
-    return (dx, dh0) + dw
+    return single_state_backward(tape, d_out, d_h_last)
