@@ -17,6 +17,7 @@ disk by Numba), never at import.
 
 from ._validate import ACTIVATIONS
 from .gru.cpu import gru_backward, gru_forward
+from .lstm.cpu import lstm_backward, lstm_forward
 from .mingru.cpu import mingru_backward, mingru_forward
 from .scan.cpu import linear_scan, linear_scan_backward
 from .simple_rnn.cpu import simple_rnn_backward, simple_rnn_forward
@@ -26,6 +27,8 @@ __all__ = [
     "gru_backward",
     "gru_forward",
     "linear_scan",
+    "lstm_backward",
+    "lstm_forward",
     "mingru_backward",
     "mingru_forward",
     "linear_scan_backward",

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from conftest import DTYPES, MASKS, SHAPES, check_kernel_against_reference, make_mask
+
+from fastrnn import kernels
+from fastrnn.kernels.lstm import reference
+from fastrnn.testing import check_gradients
+
+
+def _arrays(rng, shape, dtype, use_bias=True, use_states=True):
+    B, T, I, H = shape
+    return dict(
+        x=rng.standard_normal((B, T, I)).astype(dtype),
+        h0=rng.standard_normal((B, H)).astype(dtype) if use_states else None,
+        c0=rng.standard_normal((B, H)).astype(dtype) if use_states else None,
+        kernel=(rng.standard_normal((I, 4 * H)) / np.sqrt(I)).astype(dtype),
+        recurrent_kernel=(rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(dtype),
+        bias=(rng.standard_normal(4 * H) * 0.3).astype(dtype) if use_bias else None,
+    )
+
+
+def check(rng, shape, dtype, mask_kind, go_backwards, use_bias=True, use_states=True, **acts):
+    return check_kernel_against_reference(
+        kernels.lstm_forward, kernels.lstm_backward, reference.lstm_forward,
+        reference.lstm_backward, _arrays(rng, shape, dtype, use_bias, use_states), dtype, rng,
+        mask=make_mask(mask_kind, shape[0], shape[1], rng), go_backwards=go_backwards, **acts)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference(rng, shape, mask_kind, go_backwards, dtype):
+    check(rng, shape, dtype, mask_kind, go_backwards)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_bias_no_initial_states(rng, dtype):
+    check(rng, (3, 11, 4, 6), dtype, "holes", False, use_bias=False, use_states=False)
+
+
+@pytest.mark.parametrize("activation,recurrent_activation",
+                         [("relu", "hard_sigmoid"), ("sigmoid", "tanh"), ("linear", "sigmoid")])
+def test_other_activations(rng, activation, recurrent_activation):
+    for dtype in DTYPES:
+        check(rng, (2, 9, 3, 5), dtype, "holes", True, activation=activation,
+              recurrent_activation=recurrent_activation)
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_reference_gradients_by_finite_differences(rng, go_backwards, use_bias):
+    arrays = _arrays(rng, (3, 6, 4, 5), np.float64, use_bias)
+    mask = make_mask("holes", 3, 6, rng)
+    mask[1, :2] = False
+    check_gradients(reference.lstm_forward, reference.lstm_backward, arrays, mask=mask,
+                    go_backwards=go_backwards)
+
+
+def test_reference_matches_the_equations_by_hand():
+    x, h0, c0 = np.array([[[0.7]]]), np.array([[0.2]]), np.array([[-0.4]])
+    W = np.array([[0.1, -0.3, 0.5, 0.2]])
+    U = np.array([[0.4, 0.6, -0.2, 0.3]])
+    b = np.array([0.01, 1.0, 0.03, 0.04])
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i = sig(0.07 + 0.08 + 0.01)
+    f = sig(-0.21 + 0.12 + 1.0)
+    g = np.tanh(0.35 - 0.04 + 0.03)
+    o = sig(0.14 + 0.06 + 0.04)
+    c = f * -0.4 + i * g
+    for forward in (reference.lstm_forward, kernels.lstm_forward):
+        out, h, c_last, _ = forward(x, h0, c0, W, U, b)
+        np.testing.assert_allclose([out[0, 0, 0], c_last[0, 0]], [o * np.tanh(c), c], rtol=1e-14)
+
+
+def test_validation():
+    x = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(2, 5\)"):
+        kernels.lstm_forward(x, None, np.ones((2, 4)), np.ones((4, 20)), np.ones((5, 20)), None)
+    with pytest.raises(ValueError, match=r"bias must have shape \(20,\)"):
+        kernels.lstm_forward(x, None, None, np.ones((4, 20)), np.ones((5, 20)), np.ones(5))
