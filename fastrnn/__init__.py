@@ -19,7 +19,7 @@ if not os.path.isdir(os.path.join(__path__[0], "kernels")) and os.path.isfile(
     __path__.append(_checkout)
 
 _SUBMODULES = ("kernels", "testing", "ops", "layers")
-_LAYERS = ("GRU", "MinGRU", "MinGRUCell", "SimpleRNN")
+_LAYERS = ("GRU", "LSTM", "MinGRU", "MinGRUCell", "SimpleRNN")
 
 
 def __getattr__(name):

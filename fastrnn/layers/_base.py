@@ -61,8 +61,8 @@ class FastRNNMixin:
         """Why this call must use Keras' own loop, or None."""
         raise NotImplementedError
 
-    def _fast_loop(self, sequences, h0, mask, training=False):
-        """Returns (outputs [B, T, H] in processing order, h_last [B, H])."""
+    def _fast_loop(self, sequences, states, mask, training=False):
+        """Returns (outputs [B, T, H] in processing order, [final states])."""
         raise NotImplementedError
 
     def _keras_loop(self, sequences, initial_state, mask, training):
@@ -80,21 +80,21 @@ class FastRNNMixin:
                               "own (exact, slower) loop for this configuration.", stacklevel=2)
                 self._fastrnn_warned = True
             return self._keras_loop(sequences, initial_state, mask, training)
-        h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        self._check_call(sequences, h0, mask)
+        self._check_call(sequences, states, mask)
         if training and 0.0 < self.cell.dropout < 1.0:
             # The same cached mask Keras' step loop applies at every step.
             dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
             sequences = sequences * tf.expand_dims(dp_mask, 1)
-        outputs, h_last = self._fast_loop(sequences, h0, mask, training)
+        outputs, final_states = self._fast_loop(sequences, states, mask, training)
         if mask is not None and self.zero_output_for_mask:
             keep = tf.reverse(mask, [1]) if self.go_backwards else mask
             outputs = outputs * tf.cast(keep, outputs.dtype)[:, :, None]
-        return outputs[:, -1], outputs, [h_last]
+        return outputs[:, -1], outputs, final_states
 
-    def _check_call(self, sequences, h0, mask):
+    def _check_call(self, sequences, states, mask):
         # Static checks, so that bad input raises here, in eager and graph mode,
         # rather than inside a py_function.
         if not sequences.dtype.is_floating:
@@ -106,9 +106,11 @@ class FastRNNMixin:
             raise ValueError(f"{self.name}: inputs have {sequences.shape[-1]} features but the "
                              f"layer was built for {features}; got input shape {sequences.shape}")
         units = self.cell.units
-        if h0.shape.rank is not None and (h0.shape.rank != 2 or h0.shape[-1] not in (None, units)):
-            raise ValueError(f"{self.name}: initial state must have shape [batch, {units}], "
-                             f"got shape {h0.shape}")
+        for state in states:
+            if state.shape.rank is not None and (state.shape.rank != 2
+                                                 or state.shape[-1] not in (None, units)):
+                raise ValueError(f"{self.name}: initial state must have shape [batch, {units}], "
+                                 f"got shape {state.shape}")
         if mask is not None:
             if mask.shape.rank is not None and mask.shape.rank != 2:
                 raise ValueError(f"{self.name}: mask must have shape [batch, time], got shape "

@@ -37,10 +37,11 @@ class GRU(FastRNNMixin, keras.layers.GRU):
             return "implementation=1 with dropout applies per-gate masks the kernels do not"
         return None
 
-    def _fast_loop(self, sequences, h0, mask, training=False):
+    def _fast_loop(self, sequences, states, mask, training=False):
         cell = self.cell
-        return ops.gru(sequences, h0, cell.kernel.value, cell.recurrent_kernel.value,
-                       None if cell.bias is None else cell.bias.value, mask,
-                       reset_after=cell.reset_after, go_backwards=self.go_backwards,
-                       activation=activation_name(cell.activation),
-                       recurrent_activation=activation_name(cell.recurrent_activation))
+        outputs, h_last = ops.gru(
+            sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
+            None if cell.bias is None else cell.bias.value, mask, reset_after=cell.reset_after,
+            go_backwards=self.go_backwards, activation=activation_name(cell.activation),
+            recurrent_activation=activation_name(cell.recurrent_activation))
+        return outputs, [h_last]

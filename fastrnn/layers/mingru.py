@@ -125,11 +125,12 @@ class MinGRU(FastRNNMixin, keras.layers.RNN):
     def _fallback_reason(self, training):
         return None
 
-    def _fast_loop(self, sequences, h0, mask, training=False):
+    def _fast_loop(self, sequences, states, mask, training=False):
         cell = self.cell
-        return ops.mingru(sequences, h0, cell.kernel.value,
-                          None if cell.bias is None else cell.bias.value, mask,
-                          go_backwards=self.go_backwards)
+        outputs, h_last = ops.mingru(
+            sequences, states[0], cell.kernel.value,
+            None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards)
+        return outputs, [h_last]
 
     @property
     def units(self):

@@ -31,12 +31,14 @@ class SimpleRNN(FastRNNMixin, keras.layers.SimpleRNN):
             return f"activation={cell.activation!r} is not one the kernels implement"
         return None
 
-    def _fast_loop(self, sequences, h0, mask, training=False):
+    def _fast_loop(self, sequences, states, mask, training=False):
         cell = self.cell
         recurrent_mask = None
         if training and 0.0 < cell.recurrent_dropout < 1.0:
-            recurrent_mask = cell.get_recurrent_dropout_mask(h0)
-        return ops.simple_rnn(sequences, h0, cell.kernel.value, cell.recurrent_kernel.value,
-                              None if cell.bias is None else cell.bias.value, mask,
-                              activation=activation_name(cell.activation),
-                              go_backwards=self.go_backwards, recurrent_mask=recurrent_mask)
+            recurrent_mask = cell.get_recurrent_dropout_mask(states[0])
+        outputs, h_last = ops.simple_rnn(
+            sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
+            None if cell.bias is None else cell.bias.value, mask,
+            activation=activation_name(cell.activation), go_backwards=self.go_backwards,
+            recurrent_mask=recurrent_mask)
+        return outputs, [h_last]

@@ -1,5 +1,5 @@
 """TensorFlow glue: the kernels as differentiable TF ops (tf.custom_gradient + tf.py_function)."""
 
-from .recurrence import gru, mingru, simple_rnn
+from .recurrence import gru, lstm, mingru, simple_rnn
 
-__all__ = ["gru", "mingru", "simple_rnn"]
+__all__ = ["gru", "lstm", "mingru", "simple_rnn"]

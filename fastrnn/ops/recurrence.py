@@ -22,6 +22,7 @@ from tensorflow.python.eager import record
 
 from fastrnn.kernels import _blas, _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
+from fastrnn.kernels.lstm import cpu as lstm_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu
 from fastrnn.kernels.simple_rnn import cpu as simple_rnn_cpu
 
@@ -58,16 +59,17 @@ def _blas_threads_for(fn, x_index, gates):
     return wrapped
 
 
-def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
+def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, units,
                 recurrent_mask=None, carry=None, restore=None, n_carry=None):
-    """Differentiable (outputs [B, T, H], h_last [B, H]).
+    """Differentiable (outputs [B, T, H], [final states, each [B, H]]).
 
-    `forward(x, h0, *weights, mask, recurrent_mask)` and `backward(saved, d_out,
-    d_h_last)` are the NumPy kernels; `weights` are tensors (kernel,
-    recurrent_kernel, bias or None); `meta` the non-array fields of `saved_cls`,
-    fixed by the configuration. `mask` and `recurrent_mask` get no gradient.
-    `carry(saved)` lists the arrays the backward cannot rebuild and
-    `restore(carried, x, h0, weights, mask, recurrent_mask)` rebuilds `saved`
+    `forward(x, *states0, *weights, mask, recurrent_mask) -> (out, *states, saved)`
+    and `backward(saved, d_out, *d_states) -> (dx, *d_states0, *d_weights)` are the
+    NumPy kernels; `states0` the initial states (h, or h and c); `weights` tensors
+    (kernel, recurrent_kernel, bias or None); `meta` the non-array fields of
+    `saved_cls`, fixed by the configuration. `mask` and `recurrent_mask` get no
+    gradient. `carry(saved)` lists the arrays the backward cannot rebuild and
+    `restore(carried, x, states0, weights, mask, recurrent_mask)` rebuilds `saved`
     (`n_carry` arrays); by default the recurrent cells' (kernels._validate).
     """
     if carry is None:
@@ -75,14 +77,16 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
                       for f in saved_cls.__dataclass_fields__.values())
         carry = _validate.saved_arrays
 
-        def restore(carried, x_np, h0_np, ws, m, rm):
+        def restore(carried, x_np, states_np, ws, m, rm):
             return _validate.restore_saved(saved_cls, carried, x_np, m, ws[0], ws[1],
                                            recurrent_mask=rm, **meta)
 
     out_dtype = x.dtype
     dtype = _COMPUTE.get(out_dtype, out_dtype)
     present = [w is not None for w in weights]
-    inputs = [tf.cast(x, dtype), tf.cast(h0, dtype)] + [tf.cast(w, dtype) for w in weights if w is not None]
+    n_states = len(states0)
+    inputs = ([tf.cast(x, dtype)] + [tf.cast(s, dtype) for s in states0]
+              + [tf.cast(w, dtype) for w in weights if w is not None])
     has_mask = mask is not None
     mask_t = tf.cast(mask, tf.bool) if has_mask else tf.zeros((0, 0), tf.bool)
     has_rmask = recurrent_mask is not None
@@ -90,48 +94,53 @@ def _recurrence(forward, backward, saved_cls, meta, x, h0, weights, mask, units,
     save = record.could_possibly_record()
 
     def unpack(mask_in, rmask_in, arrays):
-        x_np, h0_np, *rest = arrays
-        it = iter(rest)
-        return (x_np, h0_np, [next(it) if p else None for p in present],
+        x_np, rest = arrays[0], arrays[1:]
+        states_np, it = list(rest[:n_states]), iter(rest[n_states:])
+        return (x_np, states_np, [next(it) if p else None for p in present],
                 mask_in if has_mask else None, rmask_in if has_rmask else None)
 
     def forward_np(mask_in, rmask_in, *tensors):
-        x_np, h0_np, ws, m, rm = unpack(mask_in, rmask_in, tensors)
-        out, h_last, saved = forward(x_np, h0_np, *ws, m, rm)
-        return [out, h_last] + (carry(saved) if save else [])
+        x_np, states_np, ws, m, rm = unpack(mask_in, rmask_in, tensors)
+        out, *results = forward(x_np, *states_np, *ws, m, rm)
+        return [out, *results[:-1]] + (carry(results[-1]) if save else [])
 
     width = weights[0].shape[1]  # G * H, the kernel's columns
 
     @tf.custom_gradient
     def op(*tensors):
-        out, h_last, *carried = tf.numpy_function(_blas_threads_for(forward_np, 2, width),
-                                                  [mask_t, rmask_t, *tensors],
-                                                  Tout=[dtype] * (2 + (n_carry if save else 0)))
+        out, *rest = tf.numpy_function(_blas_threads_for(forward_np, 2, width),
+                                       [mask_t, rmask_t, *tensors],
+                                       Tout=[dtype] * (1 + n_states + (n_carry if save else 0)))
+        states, carried = rest[:n_states], rest[n_states:]
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
-        h_last.set_shape(tensors[0].shape[:1].concatenate([units]))
+        for state in states:
+            state.set_shape(tensors[0].shape[:1].concatenate([units]))
 
-        def grad(d_out, d_h_last):
-            def backward_np(d_out_in, d_h_in, mask_in, rmask_in, *rest):
+        def grad(d_out, *d_states):
+            def backward_np(d_out_in, *rest):
+                d_states_in, (mask_in, rmask_in) = rest[:n_states], rest[n_states:n_states + 2]
+                rest = rest[n_states + 2:]
                 tensors_in, carried_in = rest[:len(tensors)], rest[len(tensors):]
-                x_np, h0_np, ws, m, rm = unpack(mask_in, rmask_in, tensors_in)
+                x_np, states_np, ws, m, rm = unpack(mask_in, rmask_in, tensors_in)
                 if carried_in:
-                    saved = restore(list(carried_in), x_np, h0_np, ws, m, rm)
+                    saved = restore(list(carried_in), x_np, states_np, ws, m, rm)
                 else:
-                    saved = forward(x_np, h0_np, *ws, m, rm)[2]
-                grads = backward(saved, d_out_in, d_h_in)
-                return [g for g, p in zip(grads, [True, True] + present) if p]
+                    saved = forward(x_np, *states_np, *ws, m, rm)[-1]
+                grads = backward(saved, d_out_in, *d_states_in)
+                return [g for g, p in zip(grads, [True] * (1 + n_states) + present) if p]
 
-            grads = tf.numpy_function(_blas_threads_for(backward_np, 4, width),
-                                      [d_out, d_h_last, mask_t, rmask_t, *tensors, *carried],
-                                      Tout=[dtype] * len(tensors))
+            grads = tf.numpy_function(
+                _blas_threads_for(backward_np, 3 + n_states, width),
+                [d_out, *d_states, mask_t, rmask_t, *tensors, *carried],
+                Tout=[dtype] * len(tensors))
             for g, t in zip(grads, tensors):
                 g.set_shape(t.shape)
             return grads
 
-        return (out, h_last), grad
+        return (out, *states), grad
 
-    out, h_last = op(*inputs)
-    return tf.cast(out, out_dtype), tf.cast(h_last, out_dtype)
+    out, *states = op(*inputs)
+    return tf.cast(out, out_dtype), [tf.cast(state, out_dtype) for state in states]
 
 
 def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
@@ -147,8 +156,9 @@ def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
                                    reset_after=reset_after, go_backwards=go_backwards,
                                    activation=activation, recurrent_activation=recurrent_activation)
 
-    return _recurrence(forward, gru_cpu.gru_backward, gru_cpu.GRUSaved, meta, x, h0,
-                       [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0])
+    out, (h_last,) = _recurrence(forward, gru_cpu.gru_backward, gru_cpu.GRUSaved, meta, x, [h0],
+                                 [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0])
+    return out, h_last
 
 
 def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="tanh",
@@ -166,9 +176,10 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="
                                                  go_backwards=go_backwards,
                                                  recurrent_mask=recurrent_mask)
 
-    return _recurrence(forward, simple_rnn_cpu.simple_rnn_backward, simple_rnn_cpu.SimpleRNNSaved,
-                       meta, x, h0, [kernel, recurrent_kernel, bias], mask,
-                       recurrent_kernel.shape[0], recurrent_mask)
+    out, (h_last,) = _recurrence(
+        forward, simple_rnn_cpu.simple_rnn_backward, simple_rnn_cpu.SimpleRNNSaved, meta, x, [h0],
+        [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0], recurrent_mask)
+    return out, h_last
 
 
 def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False):
@@ -176,10 +187,30 @@ def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False):
     def forward(x, h0, kernel, bias, mask, recurrent_mask):
         return mingru_cpu.mingru_forward(x, h0, kernel, bias, mask=mask, go_backwards=go_backwards)
 
-    def restore(carried, x_np, h0_np, ws, m, rm):
-        return mingru_cpu.restore_saved(carried, x_np, h0_np, ws[0], m, has_bias=bias is not None,
-                                        go_backwards=go_backwards)
+    def restore(carried, x_np, states_np, ws, m, rm):
+        return mingru_cpu.restore_saved(carried, x_np, states_np[0], ws[0], m,
+                                        has_bias=bias is not None, go_backwards=go_backwards)
 
-    return _recurrence(forward, mingru_cpu.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, h0,
-                       [kernel, bias], mask, kernel.shape[1] // 2,
-                       carry=lambda saved: [saved.gates, saved.states], restore=restore, n_carry=2)
+    out, (h_last,) = _recurrence(
+        forward, mingru_cpu.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, [h0], [kernel, bias],
+        mask, kernel.shape[1] // 2, carry=lambda saved: [saved.gates, saved.states],
+        restore=restore, n_carry=2)
+    return out, h_last
+
+
+def lstm(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, *, go_backwards=False,
+         activation="tanh", recurrent_activation="sigmoid"):
+    """LSTM over a sequence as a differentiable TF op. Returns (outputs, h_last, c_last)."""
+    meta = dict(has_bias=bias is not None, act=_validate.activation_code(activation),
+                ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
+                go_backwards=bool(go_backwards))
+
+    def forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
+        return lstm_cpu.lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=mask,
+                                     go_backwards=go_backwards, activation=activation,
+                                     recurrent_activation=recurrent_activation)
+
+    out, (h_last, c_last) = _recurrence(forward, lstm_cpu.lstm_backward, lstm_cpu.LSTMSaved, meta,
+                                        x, [h0, c0], [kernel, recurrent_kernel, bias], mask,
+                                        recurrent_kernel.shape[0])
+    return out, h_last, c_last

@@ -44,3 +44,4 @@ def _suite(module_name, class_name, **overrides):
 
 TestKerasGRUSuite = _suite("gru_test", "GRUTest", GRU=fastrnn.GRU)
 TestKerasSimpleRNNSuite = _suite("simple_rnn_test", "SimpleRNNTest", SimpleRNN=fastrnn.SimpleRNN)
+TestKerasLSTMSuite = _suite("lstm_test", "LSTMTest", LSTM=fastrnn.LSTM)

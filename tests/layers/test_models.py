@@ -7,7 +7,8 @@ import tensorflow as tf
 
 import fastrnn
 
-PAIRS = {"gru": (keras.layers.GRU, fastrnn.GRU), "simple_rnn": (keras.layers.SimpleRNN, fastrnn.SimpleRNN)}
+PAIRS = {"gru": (keras.layers.GRU, fastrnn.GRU), "simple_rnn": (keras.layers.SimpleRNN, fastrnn.SimpleRNN),
+         "lstm": (keras.layers.LSTM, fastrnn.LSTM)}
 
 
 def assert_close(a, b, tol=2e-5):
@@ -109,7 +110,7 @@ def test_stateful_and_reset_state(cell):
                                    dict(dropout=0.2, recurrent_dropout=0.5)])
 def test_dropout_matches_keras_with_the_same_seed(cell, rates):
     # Same seed, same cached masks: the same numbers as Keras' step loop, outputs and
-    # gradients. (Keras' GRU, implementation 2, applies no recurrent dropout at all.)
+    # gradients. (Keras' GRU and LSTM, implementation 2, apply no recurrent dropout at all.)
     keras_cls, fast_cls = PAIRS[cell]
     layers = [cls(6, seed=7, return_sequences=True, **rates) for cls in (keras_cls, fast_cls)]
     for layer in layers:
@@ -291,7 +292,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("cell", ["GRU", "SimpleRNN"])
+@pytest.mark.parametrize("cell", ["GRU", "SimpleRNN", "LSTM"])
 def test_mirrored_strategy_matches_one_device(cell, tmp_path):
     import subprocess
     import sys

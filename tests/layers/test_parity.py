@@ -14,7 +14,9 @@ import tensorflow as tf
 import fastrnn
 
 B, T, I, H = 3, 9, 4, 5
-PAIRS = {"gru": (keras.layers.GRU, fastrnn.GRU), "simple_rnn": (keras.layers.SimpleRNN, fastrnn.SimpleRNN)}
+PAIRS = {"gru": (keras.layers.GRU, fastrnn.GRU), "simple_rnn": (keras.layers.SimpleRNN, fastrnn.SimpleRNN),
+         "lstm": (keras.layers.LSTM, fastrnn.LSTM)}
+N_STATES = {"gru": 1, "simple_rnn": 1, "lstm": 2}
 RTOL = {"float32": 2e-5, "float64": 1e-12}
 
 
@@ -37,7 +39,7 @@ def run(layer, x, grads_of, graph, **call):
             tape.watch(x)
             kwargs = dict(call)
             if state:
-                tape.watch(state[0])
+                tape.watch(list(state))
                 kwargs["initial_state"] = list(state)
             y = layer(x, **kwargs)
             ys = y if isinstance(y, (list, tuple)) else [y]
@@ -47,8 +49,8 @@ def run(layer, x, grads_of, graph, **call):
 
     if graph:
         f = tf.function(f)
-    state = call.pop("initial_state", None)
-    return f(x, *([state] if state is not None else []))
+    states = call.pop("initial_state", None)
+    return f(x, *(states if states is not None else []))
 
 
 def assert_same(a, b, dtype, what):
@@ -67,15 +69,17 @@ def compare(cell, dtype="float32", graph=False, mask=None, initial_state=False, 
     if mask is not None:
         call["mask"] = tf.constant(mask)
     if initial_state:
-        call["initial_state"] = tf.constant(rng.standard_normal((B, H)).astype(dtype))
-    probe = ref(x, **{k: v if k != "initial_state" else [v] for k, v in call.items()})
+        call["initial_state"] = [tf.constant(rng.standard_normal((B, H)).astype(dtype))
+                                 for _ in range(N_STATES[cell])]
+    probe = ref(x, **call)
     probe = probe if isinstance(probe, (list, tuple)) else [probe]
     grads_of = [tf.constant(rng.standard_normal(p.shape).astype(dtype)) for p in probe]
     ys_ref, g_ref = run(ref, x, grads_of, graph, **call)
     ys_fast, g_fast = run(fast, x, grads_of, graph, **call)
     for i, (a, b) in enumerate(zip(ys_fast, ys_ref)):
         assert_same(a, b, dtype, f"output {i}")
-    names = ["x"] + (["initial_state"] if initial_state else []) + [w.path for w in ref.trainable_weights]
+    names = (["x"] + [f"initial_state[{i}]" for i in range(N_STATES[cell] if initial_state else 0)]
+             + [w.path for w in ref.trainable_weights])
     for name, a, b in zip(names, g_fast, g_ref):
         assert_same(a, b, dtype, f"d {name}")
 
@@ -112,6 +116,8 @@ def test_gru_variants(reset_after, use_bias):
 
 
 @pytest.mark.parametrize("cell,config", [
+    ("lstm", dict(activation="relu", recurrent_activation="hard_sigmoid")),
+    ("lstm", dict(use_bias=False, unit_forget_bias=False)),
     ("simple_rnn", dict(activation="relu")),
     ("simple_rnn", dict(activation="sigmoid")),
     ("simple_rnn", dict(activation=None)),

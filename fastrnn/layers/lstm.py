@@ -1,0 +1,46 @@
+import keras
+
+from fastrnn import ops
+
+from ._base import FastRNNMixin, activation_name
+
+
+@keras.saving.register_keras_serializable(package="fastrnn")
+class LSTM(FastRNNMixin, keras.layers.LSTM):
+    """Drop-in `keras.layers.LSTM` running fastrnn's fused kernels.
+
+    Same arguments, defaults (`unit_forget_bias` included), weights and config as
+    `keras.layers.LSTM` (Keras 3, TensorFlow backend); `return_state` gives
+    `[output, h, c]` and `initial_state` takes `[h, c]`.
+
+    Falls back, with a warning, to Keras' own loop where the kernels cannot
+    match Keras exactly: activations other than tanh, relu, sigmoid,
+    hard_sigmoid and linear, and `implementation=1` with dropout in training.
+    `recurrent_dropout` has no effect in Keras' LSTM (implementation 2) and
+    none here either. `use_cudnn` and `unroll` are accepted.
+
+    Example:
+        >>> import numpy as np, fastrnn
+        >>> out, h, c = fastrnn.LSTM(8, return_state=True)(np.zeros((2, 5, 3), np.float32))
+        >>> out.shape, c.shape
+        (TensorShape([2, 8]), TensorShape([2, 8]))
+    """
+
+    def _fallback_reason(self, training):
+        cell = self.cell
+        for arg, fn in (("activation", cell.activation),
+                         ("recurrent_activation", cell.recurrent_activation)):
+            if activation_name(fn) is None:
+                return f"{arg}={fn!r} is not one the kernels implement"
+        if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
+            return "implementation=1 with dropout applies per-gate masks the kernels do not"
+        return None
+
+    def _fast_loop(self, sequences, states, mask, training=False):
+        cell = self.cell
+        outputs, h_last, c_last = ops.lstm(
+            sequences, states[0], states[1], cell.kernel.value, cell.recurrent_kernel.value,
+            None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards,
+            activation=activation_name(cell.activation),
+            recurrent_activation=activation_name(cell.recurrent_activation))
+        return outputs, [h_last, c_last]
