@@ -16,7 +16,7 @@ SHAPES = {
     "B64 T100 I128 H256": (64, 100, 128, 256),
     "B16 T1024 I64 H128": (16, 1024, 64, 128),
 }
-CELLS = {"gru": 3, "simple_rnn": 1}
+CELLS = {"gru": 3, "lstm": 4, "simple_rnn": 1}
 MODES = ("forward", "forward+backward")
 DTYPE = np.float32
 
@@ -28,7 +28,7 @@ def _inputs(cell, shape, seed=0):
     x = rng.standard_normal((B, T, I)).astype(DTYPE)
     W = (rng.standard_normal((I, G * H)) / np.sqrt(I)).astype(DTYPE)
     U = (rng.standard_normal((H, G * H)) / np.sqrt(H)).astype(DTYPE)
-    b = (rng.standard_normal((2, G * H) if cell == "gru" else (H,)) * 0.1).astype(DTYPE)
+    b = (rng.standard_normal((2, G * H) if cell == "gru" else (G * H,)) * 0.1).astype(DTYPE)
     d_out = rng.standard_normal((B, T, H)).astype(DTYPE)
     return x, W, U, b, d_out
 
@@ -39,12 +39,13 @@ def fastrnn_kernel(cell, shape, mode):
     x, W, U, b, d_out = _inputs(cell, shape)
     forward = getattr(kernels, f"{cell}_forward")
     backward = getattr(kernels, f"{cell}_backward")
+    states = [None] * (2 if cell == "lstm" else 1)
     if mode == "forward":
-        return lambda: forward(x, None, W, U, b)
+        return lambda: forward(x, *states, W, U, b)
 
     def run():
-        _, _, saved = forward(x, None, W, U, b)
-        return backward(saved, d_out, None)
+        *_, saved = forward(x, *states, W, U, b)
+        return backward(saved, d_out, *states)
 
     return run
 
@@ -87,7 +88,8 @@ def keras_layer(cell, shape, mode):
 
     B, T, I, H = shape
     x, W, U, b, d_out = _inputs(cell, shape)
-    layer_cls = {"gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[cell]
+    layer_cls = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM,
+                 "simple_rnn": keras.layers.SimpleRNN}[cell]
     layer = layer_cls(H, return_sequences=True)
     layer.build((B, T, I))
     layer.set_weights([W, U, b])
@@ -113,7 +115,8 @@ def torch_module(cell, shape, mode):
 
     B, T, I, H = shape
     x, _, _, _, d_out = _inputs(cell, shape)
-    module = {"gru": torch.nn.GRU, "simple_rnn": torch.nn.RNN}[cell](I, H, batch_first=True)
+    module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM,
+              "simple_rnn": torch.nn.RNN}[cell](I, H, batch_first=True)
     x = torch.from_numpy(x)
     d_out = torch.from_numpy(d_out)
     if mode == "forward":
@@ -126,7 +129,7 @@ def torch_module(cell, shape, mode):
     def forward_backward():
         module.zero_grad(set_to_none=True)
         x.grad = None
-        y, _ = module(x)
+        y = module(x)[0]
         y.backward(d_out)
 
     return forward_backward

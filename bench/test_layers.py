@@ -25,8 +25,9 @@ def _classes(impl):
     import fastrnn
 
     if impl == "keras":
-        return {"gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}
-    return {"gru": fastrnn.GRU, "simple_rnn": fastrnn.SimpleRNN}
+        return {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM,
+                "simple_rnn": keras.layers.SimpleRNN}
+    return {"gru": fastrnn.GRU, "lstm": fastrnn.LSTM, "simple_rnn": fastrnn.SimpleRNN}
 
 
 def layer_step(impl, cell, shape):
@@ -83,6 +84,33 @@ def _model(impl, name):
             row[n:] = 0
         y = rng.integers(0, 2, (32, 1))
         loss = "binary_crossentropy"
+    elif name == "forecast stacked LSTM(45)":
+        model = keras.Sequential([keras.Input((15, 1)),
+                                  classes["lstm"](45, return_sequences=True),
+                                  keras.layers.Dropout(0.2),
+                                  classes["lstm"](45, return_sequences=True),
+                                  keras.layers.Dropout(0.2),
+                                  keras.layers.TimeDistributed(keras.layers.Dense(1))])
+        x, y = rng.standard_normal((32, 15, 1)), rng.standard_normal((32, 15, 1))
+        loss = "mse"
+    elif name == "sentiment BiLSTM(64) T200":
+        model = keras.Sequential([keras.Input((200,), dtype="int32"),
+                                  keras.layers.Embedding(5000, 64, mask_zero=True),
+                                  keras.layers.Bidirectional(classes["lstm"](64)),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        x = rng.integers(1, 5000, (32, 200))
+        for row, n in zip(x, rng.integers(20, 200, 32)):
+            row[n:] = 0
+        y = rng.integers(0, 2, (32, 1))
+        loss = "binary_crossentropy"
+    elif name == "next-word LSTM(150) V8200":
+        vocab = 8200
+        model = keras.Sequential([keras.Input((10,), dtype="int32"),
+                                  keras.layers.Embedding(vocab, 100),
+                                  classes["lstm"](150),
+                                  keras.layers.Dense(vocab, activation="softmax")])
+        x, y = rng.integers(0, vocab, (128, 10)), rng.integers(0, vocab, (128,))
+        loss = "sparse_categorical_crossentropy"
     else:
         raise ValueError(name)
     model.compile(optimizer="adam", loss=loss)
@@ -90,12 +118,13 @@ def _model(impl, name):
 
 
 MODELS = ["forecast SimpleRNN(3)", "forecast GRU(256)", "next-word SimpleRNN(50, relu)",
-          "sentiment BiGRU(64) T200"]
+          "sentiment BiGRU(64) T200", "forecast stacked LSTM(45)", "sentiment BiLSTM(64) T200",
+          "next-word LSTM(150) V8200"]
 
 
 @pytest.mark.parametrize("impl", ["fastrnn", "keras"])
 @pytest.mark.parametrize("shape", list(LAYER_SHAPES))
-@pytest.mark.parametrize("cell", ["gru", "simple_rnn"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple_rnn"])
 def test_layer(run_benchmark, benchmark, cell, shape, impl):
     benchmark.group = f"layer {cell} | {shape}"
     run_benchmark(layer_step(impl, cell, LAYER_SHAPES[shape]), impl=impl, cell=f"layer {cell}",
