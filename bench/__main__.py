@@ -104,9 +104,21 @@ def main(argv=None):
                         help="comma-separated suites: kernels (kernel level, beside Keras, torch "
                              "and the GEMM floor), layers (Keras layers and models), mingru "
                              "(minGRU kernels, the scan against T, a language model)")
-    parser.add_argument("--budget", default="0.4", help="seconds of timed rounds per case")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="the default: fewer timed rounds, the longest scans left out")
+    size.add_argument("--full", action="store_true", help="every case, more timed rounds")
+    parser.add_argument("--budget", default=None,
+                        help="seconds of timed rounds per case (quick 0.15, full 0.5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for BLAS, Numba, TensorFlow and torch (default: all)")
     parser.add_argument("--json", default=None, help="where to save the run (JSON)")
+    parser.add_argument("--plot", default=None,
+                        help="where to write the speed-up plot (PNG; needs matplotlib)")
+    parser.add_argument("--compare", default=None, metavar="OLD_JSON",
+                        help="a saved run to compare this one with, case by case")
     args = parser.parse_args(argv)
+    budget = args.budget or ("0.5" if args.full else "0.15")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.json) if args.json else HERE / "results" / f"run-{stamp}.json"
@@ -114,28 +126,121 @@ def main(argv=None):
     files = [str(HERE / f"test_{suite.strip()}.py") for suite in args.suite.split(",") if suite.strip()]
     cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only",
            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}",
-           f"--bench-budget={args.budget}", "--benchmark-disable-gc"]
+           f"--bench-budget={budget}", "--benchmark-disable-gc"]
     only = [c.strip() for c in args.only.split(",") if c.strip()]
+    selection = []
     if only:
-        cmd += ["-k", " or ".join(only + ["overhead"])]
+        selection.append("(" + " or ".join(only + ["overhead"]) + ")")
+    if not args.full:
+        selection.append("not 65536 and not 16384")  # the longest scans (test ids carry T)
+    if selection:
+        cmd += ["-k", " and ".join(selection)]
+    env = dict(os.environ)
+    if args.threads:
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            env[name] = str(args.threads)
     print(f"machine: {machine()}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     if versions()["torch"] == "not installed":
         print("torch is not installed: its anchor is left out (pip install torch to add it)")
     print("running:", " ".join(cmd[2:]), flush=True)
-    result = subprocess.run(cmd, cwd=HERE.parent, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, cwd=HERE.parent, stdout=subprocess.PIPE, text=True, env=env)
     if result.returncode != 0 or not out.exists():
         print(result.stdout)
         return result.returncode or 1
     data = json.loads(out.read_text())
-    data["fastrnn_run"] = {"machine": machine(), "versions": versions()}
+    data["fastrnn_run"] = {"machine": machine(), "versions": versions(), "cpu_flags": cpu_flags(),
+                           "threads": args.threads or os.cpu_count(), "budget_s": float(budget),
+                           "git_commit": git_commit()}
     out.write_text(json.dumps(data, indent=1))
     print()
     print("float32, median of timed rounds; 'vs keras' / 'vs torch' = their time / fastrnn's "
           "(above 1 means fastrnn is faster); '/ floor' = fastrnn's time / the same GEMMs in NumPy")
     print(table(data))
-    print(f"\nsaved {out}")
+    if args.compare:
+        print()
+        print(compare(json.loads(Path(args.compare).read_text()), data))
+    plot_path = Path(args.plot) if args.plot else out.with_suffix(".png")
+    try:
+        plot(data, plot_path)
+        print(f"\nplot: {plot_path}")
+    except ImportError:
+        print("\nno plot: matplotlib is not installed (pip install matplotlib)")
+    print(f"saved {out}")
     return 0
+
+
+def cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx", "avx2", "avx512f", "fma", "sse4_2", "neon")
+                return [f for f in line.split(":", 1)[1].split() if f in wanted]
+    except OSError:
+        pass
+    return []
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _medians(data):
+    rows = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        rows[(info["cell"], info["shape"], info["mode"], info["impl"])] = bench["stats"]["median"]
+    return rows
+
+
+def compare(old, new):
+    """fastrnn's median now against the saved run, case by case."""
+    before, after = _medians(old), _medians(new)
+    lines = [f"{'case':<30}{'shape':<20}{'mode':<18}{'before ms':>10}{'now ms':>9}{'change':>9}"]
+    for key, now in after.items():
+        if key[3] != "fastrnn" or key not in before:
+            continue
+        change = now / before[key] - 1.0
+        lines.append(f"{key[0]:<30}{key[1]:<20}{key[2]:<18}{before[key] * 1e3:>10.2f}"
+                     f"{now * 1e3:>9.2f}{change:>+9.0%}")
+    return "\n".join(lines)
+
+
+def plot(data, path):
+    """Speed-up of fastrnn over each anchor, per case, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    med = _medians(data)
+    cases = sorted({k[:3] for k in med if k[3] == "fastrnn" and not k[0].startswith("scan")})
+    anchors = [a for a in ("keras", "torch") if any(k[3] == a for k in med)]
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(cases) + 1.5))
+    height = 0.8 / max(len(anchors), 1)
+    for n, anchor in enumerate(anchors):
+        ys, xs = [], []
+        for i, case in enumerate(cases):
+            if case + (anchor,) in med:
+                ys.append(i + n * height)
+                xs.append(med[case + (anchor,)] / med[case + ("fastrnn",)])
+        ax.barh(ys, xs, height=height, label=f"vs {anchor}")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(cases))])
+    ax.set_yticklabels([" ".join(c).strip() for c in cases], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up of fastrnn (anchor's median time / fastrnn's), log scale")
+    ax.set_title(f"fastrnn on {machine()}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
