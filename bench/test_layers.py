@@ -50,6 +50,14 @@ def layer_step(impl, cell, shape):
     return step
 
 
+def _padded_reviews(rng, vocab=5000, batch=32, length=200):
+    """Token ids right-padded with 0 to `length`, for Embedding(mask_zero=True)."""
+    x = rng.integers(1, vocab, (batch, length))
+    for row, n in zip(x, rng.integers(20, length, batch)):
+        row[n:] = 0
+    return x, rng.integers(0, 2, (batch, 1))
+
+
 def _model(impl, name):
     import keras
 
@@ -79,10 +87,7 @@ def _model(impl, name):
                                   keras.layers.Embedding(5000, 64, mask_zero=True),
                                   keras.layers.Bidirectional(classes["gru"](64)),
                                   keras.layers.Dense(1, activation="sigmoid")])
-        x = rng.integers(1, 5000, (32, 200))
-        for row, n in zip(x, rng.integers(20, 200, 32)):
-            row[n:] = 0
-        y = rng.integers(0, 2, (32, 1))
+        x, y = _padded_reviews(rng)
         loss = "binary_crossentropy"
     elif name == "forecast stacked LSTM(45)":
         model = keras.Sequential([keras.Input((15, 1)),
@@ -98,10 +103,7 @@ def _model(impl, name):
                                   keras.layers.Embedding(5000, 64, mask_zero=True),
                                   keras.layers.Bidirectional(classes["lstm"](64)),
                                   keras.layers.Dense(1, activation="sigmoid")])
-        x = rng.integers(1, 5000, (32, 200))
-        for row, n in zip(x, rng.integers(20, 200, 32)):
-            row[n:] = 0
-        y = rng.integers(0, 2, (32, 1))
+        x, y = _padded_reviews(rng)
         loss = "binary_crossentropy"
     elif name == "next-word LSTM(150) V8200":
         vocab = 8200

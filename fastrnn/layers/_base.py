@@ -65,6 +65,17 @@ class FastRNNMixin:
         """Returns (outputs [B, T, H] in processing order, [final states])."""
         raise NotImplementedError
 
+    def _gated_fallback_reason(self, training):
+        """GRU's and LSTM's: activations the kernels lack, or implementation=1 dropout."""
+        cell = self.cell
+        for arg, fn in (("activation", cell.activation),
+                         ("recurrent_activation", cell.recurrent_activation)):
+            if activation_name(fn) is None:
+                return f"{arg}={fn!r} is not one the kernels implement"
+        if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
+            return "implementation=1 with dropout applies per-gate masks the kernels do not"
+        return None
+
     def _keras_loop(self, sequences, initial_state, mask, training):
         # The generic exact path of keras.layers.RNN (no cuDNN attempt).
         return keras.layers.RNN.inner_loop(self, sequences, initial_state, mask=mask,

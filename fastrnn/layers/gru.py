@@ -28,14 +28,7 @@ class GRU(FastRNNMixin, keras.layers.GRU):
     """
 
     def _fallback_reason(self, training):
-        cell = self.cell
-        for arg, fn in (("activation", cell.activation),
-                         ("recurrent_activation", cell.recurrent_activation)):
-            if activation_name(fn) is None:
-                return f"{arg}={fn!r} is not one the kernels implement"
-        if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
-            return "implementation=1 with dropout applies per-gate masks the kernels do not"
-        return None
+        return self._gated_fallback_reason(training)
 
     def _fast_loop(self, sequences, states, mask, training=False):
         cell = self.cell

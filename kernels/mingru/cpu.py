@@ -79,6 +79,17 @@ def _gates_to_scan(gates, bias, mask, a, b):
             b[r, t, j] = z[j] * ht[j]
 
 
+@njit(inline="always", **_opts)
+def _step_gradients(g, z, ht, hp, dp, d_bias_row, units):
+    # dL/d(x W_z + b_z) = g (h~ - h_{t-1}) z (1 - z);  dL/d(x W_h + b_h) = g z
+    for j in range(units):
+        dp[j] = g[j] * (ht[j] - hp[j]) * z[j] * (1.0 - z[j])
+    for j in range(units):
+        dp[units + j] = g[j] * z[j]
+    for j in range(2 * units):
+        d_bias_row[j] += dp[j]
+
+
 @njit(**_opts)
 def _backward_fused(gates, states, h0, d_out, dh, mask, first, d_pre, d_bias_rows):
     # dh [B, H]: dL/dh_T in, dL/dh0 out. d_pre [B, T, 2H] = dL/d(x W + b).
@@ -97,16 +108,10 @@ def _backward_fused(gates, states, h0, d_out, dh, mask, first, d_pre, d_bias_row
                 dp[:] = 0.0
                 continue
             z = gates[r, t, :units]
-            ht = gates[r, t, units:]
             hp = states[r, t - 1] if t > 0 else h0[r]
-            for j in range(units):
-                dp[j] = g[j] * (ht[j] - hp[j]) * z[j] * (1.0 - z[j])
-            for j in range(units):
-                dp[units + j] = g[j] * z[j]
+            _step_gradients(g, z, gates[r, t, units:], hp, dp, d_bias_rows[r], units)
             for j in range(units):
                 g[j] *= 1.0 - z[j]
-            for j in range(width):
-                d_bias_rows[r, j] += dp[j]
 
 
 @njit(parallel=True, **_opts)
@@ -120,15 +125,9 @@ def _backward_from_scan(gates, states, h0, g, mask, d_pre, d_bias_rows):
             if not mask[r, t]:
                 dp[:] = 0.0
                 continue
-            z = gates[r, t, :units]
-            ht = gates[r, t, units:]
             hp = states[r, t - 1] if t > 0 else h0[r]
-            gt = g[r, t]
-            for j in range(units):
-                dp[j] = gt[j] * (ht[j] - hp[j]) * z[j] * (1.0 - z[j])
-                dp[units + j] = gt[j] * z[j]
-            for j in range(width):
-                d_bias_rows[r, j] += dp[j]
+            _step_gradients(g[r, t], gates[r, t, :units], gates[r, t, units:], hp, dp,
+                            d_bias_rows[r], units)
 
 
 @dataclass(eq=False)
