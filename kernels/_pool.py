@@ -10,6 +10,7 @@ from it holds a reference to it, so a buffer still visible anywhere (a user's
 output, a `saved` object waiting for its backward) is never handed out twice.
 """
 
+import math
 import sys
 import threading
 
@@ -29,7 +30,7 @@ def _idle(i):
 def empty(shape, dtype):
     """Like numpy.empty, possibly reusing an idle pooled buffer."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _MIN_BYTES:
         return np.empty(shape, dtype)
     with _lock:
@@ -67,9 +68,13 @@ def clear():
 
 
 def matmul(a, b):
-    """a @ b for 2-D operands, into a pooled buffer."""
+    """a @ b for 2-D operands, into a pooled buffer.
+
+    np.dot rather than np.matmul: for an inner dimension of 1 (univariate series),
+    matmul took 95 us where dot took 14 us ([480, 1] @ [1, 135] float32, here).
+    """
     out = empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    return np.matmul(a, b, out=out)
+    return np.dot(a, b, out=out)
 
 
 def ascontiguous(a):

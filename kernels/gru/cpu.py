@@ -354,7 +354,10 @@ def gru_backward(saved, d_out, d_h_last):
                               np.ascontiguousarray(rk.T), saved.mask, saved.first,
                               saved.act, saved.ract, d_xw, d_hu, d_b_in, d_b_hh)
         d_recurrent = h_prev.T @ d_hu.reshape(time * batch, width)
-        d_bias = np.stack([d_b_in, np.concatenate([d_b_in[:2 * units], d_b_hh])])
+        d_bias = np.empty((2, width), dtype)
+        d_bias[0] = d_b_in
+        d_bias[1, :2 * units] = d_b_in[:2 * units]
+        d_bias[1, 2 * units:] = d_b_hh
     else:
         _backward_reset_before(saved.gates, saved.states, d_out, dh,
                                np.ascontiguousarray(rk[:, :2 * units].T),
@@ -363,8 +366,9 @@ def gru_backward(saved, d_out, d_h_last):
         d_recurrent = np.empty_like(rk)
         d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]
         d_recurrent[:, 2 * units:] = saved.extra.reshape(time * batch, units).T @ d_xw2[:, 2 * units:]
-        d_bias = d_b_in
-    d_bias = d_bias.astype(dtype) if saved.has_bias else None
+        d_bias = d_b_in.astype(dtype)
+    if not saved.has_bias:
+        d_bias = None
     dx = from_time_major(_pool.matmul(d_xw2, saved.kernel.T).reshape(time, batch, -1),
                          saved.go_backwards)
     d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_xw2
