@@ -18,6 +18,7 @@ import numpy as np
 
 _MIN_BYTES = 1 << 20          # smaller arrays come from numpy directly
 _MAX_IDLE_BYTES = 1 << 29     # at most 512 MiB kept while unused
+_MAX_BUFFERS = 64             # beyond this, the oldest buffers still in use leave the pool
 _lock = threading.Lock()
 _buffers = []                 # raw uint8 arrays, most recently used last
 
@@ -59,6 +60,10 @@ def _trim():
         total -= _buffers[i].nbytes
     for i in reversed(drop):
         del _buffers[i]
+    # Buffers still referenced elsewhere (saved objects a caller keeps) need no
+    # pool entry: forgetting the oldest keeps each lookup short; numpy frees them.
+    while len(_buffers) > _MAX_BUFFERS:
+        del _buffers[0]
 
 
 def clear():

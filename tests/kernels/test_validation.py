@@ -141,3 +141,37 @@ def test_backward_can_run_twice():
     second = kernels.gru_backward(saved, np.ones_like(out), None)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pool_never_hands_out_memory_still_in_use():
+    from fastrnn.kernels import _pool
+
+    first = _pool.empty((512, 1024), np.float32)
+    view = first[100:]
+    del first
+    second = _pool.empty((512, 1024), np.float32)  # `view` still holds the first buffer
+    assert not np.shares_memory(view, second)
+    kept = [_pool.empty((512, 1024), np.float32) for _ in range(100)]
+    assert len(_pool._buffers) <= _pool._MAX_BUFFERS
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])
+
+
+def test_outputs_survive_later_calls():
+    # Pooled buffers behind one call's outputs and `saved` are not reused by the next
+    # call. Shapes large enough (>= 1 MiB per array) to come from the pool.
+    rng = np.random.default_rng(0)
+    B, T, I, H = 64, 100, 16, 64
+    args = dict(x=rng.standard_normal((B, T, I)).astype(np.float32), h0=None,
+                kernel=rng.standard_normal((I, 3 * H)).astype(np.float32) * 0.3,
+                recurrent_kernel=rng.standard_normal((H, 3 * H)).astype(np.float32) * 0.3,
+                bias=None)
+    out, h, saved = kernels.gru_forward(*args.values())
+    assert out.nbytes >= 1 << 20
+    before = out.copy()
+    grads = kernels.gru_backward(saved, np.ones_like(out), None)
+    for _ in range(3):
+        kernels.gru_forward(*args.values())
+    np.testing.assert_array_equal(out, before)
+    again = kernels.gru_backward(saved, np.ones_like(out), None)
+    for a, b in zip(grads, again):
+        np.testing.assert_array_equal(a, b)
