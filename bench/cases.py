@@ -81,6 +81,21 @@ def numpy_floor(cell, shape, mode):
     return run
 
 
+def tf_forward_backward(layer, x, d_out):
+    """A tf.function: the layer's forward and every gradient (input and weights)
+    for the upstream gradient `d_out`. x and d_out are tf tensors."""
+    import tensorflow as tf
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * d_out)
+        return tape.gradient(loss, [x] + layer.trainable_weights)
+
+    return run
+
+
 def keras_layer(cell, shape, mode):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -99,15 +114,7 @@ def keras_layer(cell, shape, mode):
     def forward():
         return layer(x)
 
-    @tf.function
-    def forward_backward():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * d_out)
-        return tape.gradient(loss, [x] + layer.trainable_weights)
-
-    return forward if mode == "forward" else forward_backward
+    return forward if mode == "forward" else tf_forward_backward(layer, x, d_out)
 
 
 def torch_module(cell, shape, mode):

@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 
+from bench.cases import tf_forward_backward
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 LAYER_SHAPES = {
@@ -39,15 +41,7 @@ def layer_step(impl, cell, shape):
     x = tf.constant(rng.standard_normal((B, T, I)).astype("float32"))
     dy = tf.constant(rng.standard_normal((B, T, H)).astype("float32"))
     layer.build((B, T, I))
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * dy)
-        return tape.gradient(loss, [x] + layer.trainable_weights)
-
-    return step
+    return tf_forward_backward(layer, x, dy)
 
 
 def _padded_reviews(rng, vocab=5000, batch=32, length=200):

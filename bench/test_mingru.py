@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from bench.cases import torch_available
+from bench.cases import tf_forward_backward, torch_available
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,15 +51,7 @@ def mingru_case(impl, shape):
 
         layer = DenseLoopMinGRU(H, return_sequences=True)
         layer.build((B, T, I))
-        xt, dt = tf.constant(x), tf.constant(d_out)
-
-        @tf.function
-        def run():
-            with tf.GradientTape() as tape:
-                tape.watch(xt)
-                loss = tf.reduce_sum(layer(xt) * dt)
-            return tape.gradient(loss, [xt] + layer.trainable_weights)
-        return run
+        return tf_forward_backward(layer, tf.constant(x), tf.constant(d_out))
     if impl == "torch log-space":
         import torch
 
