@@ -39,19 +39,22 @@ def activation_code(name, argname="activation"):
     return ACTIVATIONS[key]
 
 
-def float_array(value, name, dtype=None):
-    """Check `value` is a float32/float64 ndarray (of `dtype` when given).
+def float_array(value, name, dtype=None, xp=np):
+    """Check `value` is a float32/float64 ndarray of module `xp` (of `dtype` when given).
 
     Non-contiguous and Fortran-ordered arrays are copied to C order. Returns
     the C-contiguous array.
     """
-    if not isinstance(value, np.ndarray):
-        kind = type(value).__module__.split(".")[0]
+    if not isinstance(value, xp.ndarray):
+        module = xp.__name__
         hint = ""
-        if kind == "cupy":
-            hint = " (CuPy arrays go to the CUDA kernels, which are not available in this build)"
+        if module == "numpy" and type(value).__module__.split(".")[0] == "cupy":
+            hint = " (x is a NumPy array: pass every array as NumPy, or all as CuPy for the GPU)"
+        elif module == "cupy":
+            hint = " (x is a CuPy array: every array of one call must live on the GPU)"
         raise TypeError(
-            f"{name} must be a numpy.ndarray of float32 or float64, got {type(value).__name__}{hint}"
+            f"{name} must be a {module}.ndarray of float32 or float64, got "
+            f"{type(value).__module__.split('.')[0]}.{type(value).__name__}{hint}"
         )
     if value.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got dtype {value.dtype}")
@@ -61,7 +64,7 @@ def float_array(value, name, dtype=None):
             f"must share one dtype (cast with .astype(np.{dtype}))"
         )
     if not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value)
+        value = xp.ascontiguousarray(value)
     return value
 
 
@@ -70,8 +73,8 @@ def expect_shape(value, name, shape, meaning):
         raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, got shape {value.shape}")
 
 
-def check_x(x):
-    x = float_array(x, "x")
+def check_x(x, xp=np):
+    x = float_array(x, "x", xp=xp)
     if x.ndim != 3:
         raise ValueError(f"x must have rank 3, [batch, time, features], got shape {x.shape}")
     if 0 in x.shape:
@@ -81,28 +84,29 @@ def check_x(x):
     return x
 
 
-def check_mask(mask, batch, time):
+def check_mask(mask, batch, time, xp=np):
     """Return the mask as a C-contiguous bool [B, T] array, or None."""
     if mask is None:
         return None
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask must be a numpy.ndarray of bool or None, got {type(mask).__name__}")
+    if not isinstance(mask, xp.ndarray):
+        raise TypeError(f"mask must be a {xp.__name__}.ndarray of bool or None, got "
+                        f"{type(mask).__module__.split('.')[0]}.{type(mask).__name__}")
     if mask.dtype != np.bool_:
         raise TypeError(f"mask must have dtype bool, got dtype {mask.dtype} (use mask.astype(bool))")
     expect_shape(mask, "mask", (batch, time), "[batch, time] matching x")
-    return np.ascontiguousarray(mask)
+    return xp.ascontiguousarray(mask)
 
 
-def check_state(state, name, batch, units, dtype):
+def check_state(state, name, batch, units, dtype, xp=np):
     """Return the initial state as C-contiguous [B, H], zeros when None."""
     if state is None:
-        return np.zeros((batch, units), dtype=dtype)
-    state = float_array(state, name, dtype)
+        return xp.zeros((batch, units), dtype=dtype)
+    state = float_array(state, name, dtype, xp)
     expect_shape(state, name, (batch, units), "[batch, units]")
     return state
 
 
-def check_weights(x, kernel, recurrent_kernel, gates, bias, bias_shape):
+def check_weights(x, kernel, recurrent_kernel, gates, bias, bias_shape, xp=np):
     """Validate kernel [I, G*H], recurrent_kernel [H, G*H] (if given) and bias.
 
     `recurrent_kernel` may be None for cells without one (minGRU), in which
@@ -111,7 +115,7 @@ def check_weights(x, kernel, recurrent_kernel, gates, bias, bias_shape):
     """
     dtype = x.dtype
     features = x.shape[2]
-    kernel = float_array(kernel, "kernel", dtype)
+    kernel = float_array(kernel, "kernel", dtype, xp)
     if kernel.ndim != 2 or kernel.shape[0] != features or kernel.shape[1] % gates:
         raise ValueError(
             f"kernel must have shape [input_features, {gates} * units] = [{features}, {gates}*H], "
@@ -121,31 +125,31 @@ def check_weights(x, kernel, recurrent_kernel, gates, bias, bias_shape):
     if units == 0:
         raise ValueError(f"kernel must have at least {gates} columns (units >= 1), got shape {kernel.shape}")
     if recurrent_kernel is not None:
-        recurrent_kernel = float_array(recurrent_kernel, "recurrent_kernel", dtype)
+        recurrent_kernel = float_array(recurrent_kernel, "recurrent_kernel", dtype, xp)
         expect_shape(
             recurrent_kernel, "recurrent_kernel", (units, gates * units),
             f"[units, {gates} * units] (units={units} from kernel)",
         )
     if bias is not None:
-        bias = float_array(bias, "bias", dtype)
+        bias = float_array(bias, "bias", dtype, xp)
         expect_shape(bias, "bias", bias_shape(units), f"(units={units} from kernel)")
     return kernel, recurrent_kernel, bias, units
 
 
-def check_recurrent_mask(mask, batch, units, dtype):
+def check_recurrent_mask(mask, batch, units, dtype, xp=np):
     """Recurrent dropout mask [B, H] in x's dtype; an empty [0, 0] array when None."""
     if mask is None:
-        return np.zeros((0, 0), dtype)
-    mask = float_array(mask, "recurrent_mask", dtype)
+        return xp.zeros((0, 0), dtype)
+    mask = float_array(mask, "recurrent_mask", dtype, xp)
     expect_shape(mask, "recurrent_mask", (batch, units), "[batch, units]")
     return mask
 
 
-def check_grad(value, name, shape, dtype):
+def check_grad(value, name, shape, dtype, xp=np):
     """Upstream gradient: None means zeros; else same dtype and shape."""
     if value is None:
-        return np.zeros(shape, dtype=dtype)
-    value = float_array(value, name, dtype)
+        return xp.zeros(shape, dtype=dtype)
+    value = float_array(value, name, dtype, xp)
     expect_shape(value, name, shape, "matching the forward output")
     return value
 
