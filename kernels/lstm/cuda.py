@@ -1,0 +1,181 @@
+"""LSTM forward and backward on the GPU: cuBLAS GEMMs (CuPy) + fused numba.cuda passes.
+
+Gate order i | f | c | o as Keras; same signatures and semantics as
+kernels/lstm/cpu.py, CuPy arrays in and out. Per step one GEMM (h_{t-1} U,
+[B, 4H]) and one fused kernel (one thread per (b, j)) forward; one fused kernel
+and one GEMM (dz U^T) backward; weight gradients one GEMM each after the loop.
+Saved per step and batch row: x_t, i | f | g | o (4H), h_t, c_t and act(c_t).
+"""
+
+from dataclasses import dataclass
+
+from numba import cuda  # a module global: the simulator swaps it inside kernels
+
+from .. import _cuda as cu
+from .. import _validate as v
+
+
+def _build(F):
+    m = cu.device_math(F)
+    activate, activation_grad, zero = m.activate, m.activation_grad, m.zero
+
+    @cuda.jit
+    def forward(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t, act, ract):
+        # gates [T, B, 4H]: x W in, i | f | g | o out (unmasked rows); rec [B, 4H] = h U.
+        i = cuda.grid(1)
+        batch, units = h_states.shape[1], h_states.shape[2]
+        if i >= batch * units:
+            return
+        b = i // units
+        j = i - b * units
+        if mask[t, b]:
+            ig = activate(ract, gates[t, b, j] + rec[b, j] + bias[j])
+            k = units + j
+            fg = activate(ract, gates[t, b, k] + rec[b, k] + bias[k])
+            k = 2 * units + j
+            cg = activate(act, gates[t, b, k] + rec[b, k] + bias[k])
+            k = 3 * units + j
+            og = activate(ract, gates[t, b, k] + rec[b, k] + bias[k])
+            gates[t, b, j] = ig
+            gates[t, b, units + j] = fg
+            gates[t, b, 2 * units + j] = cg
+            gates[t, b, k] = og
+            c = fg * c_states[t, b, j] + ig * cg
+            tc = activate(act, c)
+            h = og * tc
+            c_states[t + 1, b, j] = c
+            tanh_c[t, b, j] = tc
+            h_states[t + 1, b, j] = h
+            out[b, t, j] = h
+        else:
+            h_prev = h_states[t, b, j]
+            c_states[t + 1, b, j] = c_states[t, b, j]
+            h_states[t + 1, b, j] = h_prev
+            out[b, t, j] = h_prev if t > first[b] else zero
+
+    @cuda.jit
+    def backward(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, t, act, ract, dz):
+        # rec = dz_{t+1} U^T (zero rows where step t+1 was masked).
+        i = cuda.grid(1)
+        batch, units = dh.shape[0], dh.shape[1]
+        if i >= batch * units:
+            return
+        b = i // units
+        j = i - b * units
+        gh = dh[b, j] + rec[b, j]
+        if t >= first[b]:
+            gh += d_out[b, t, j]
+        if mask[t, b]:
+            ig = gates[t, b, j]
+            fg = gates[t, b, units + j]
+            cg = gates[t, b, 2 * units + j]
+            og = gates[t, b, 3 * units + j]
+            tc = tanh_c[t, b, j]
+            gc = dc[b, j] + gh * og * activation_grad(act, tc)
+            dz[t, b, j] = gc * cg * activation_grad(ract, ig)
+            dz[t, b, units + j] = gc * c_states[t, b, j] * activation_grad(ract, fg)
+            dz[t, b, 2 * units + j] = gc * ig * activation_grad(act, cg)
+            dz[t, b, 3 * units + j] = gh * tc * activation_grad(ract, og)
+            dc[b, j] = gc * fg
+            dh[b, j] = zero
+        else:
+            for q in range(4):
+                dz[t, b, q * units + j] = zero
+            dh[b, j] = gh
+
+    return dict(forward=forward, backward=backward)
+
+
+KERNELS = cu.KernelSet(_build, {
+    "forward": "f3 f2 f1 f3 f3 f3 f3 b2 i1 i i i",
+    "backward": "f3 f3 f3 f3 f2 f2 f2 b2 i1 i i i f3",
+})
+
+
+@dataclass(eq=False)
+class LSTMSavedCUDA:
+    """What lstm_backward (CUDA) needs; treat as opaque."""
+
+    x_tm: object
+    gates: object
+    h_states: object
+    c_states: object
+    tanh_c: object
+    mask: object
+    first: object
+    kernel: object
+    recurrent_kernel: object
+    has_bias: bool
+    act: int
+    ract: int
+    go_backwards: bool
+
+
+def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwards=False,
+                 activation="tanh", recurrent_activation="sigmoid"):
+    """LSTM on the GPU; arguments and results as kernels.lstm_forward, as CuPy arrays."""
+    xp = cu.array_module(x)
+    x = v.check_x(x, xp)
+    kernel, recurrent_kernel, bias, units = v.check_weights(
+        x, kernel, recurrent_kernel, 4, bias, lambda h: (4 * h,), xp)
+    batch, time, _ = x.shape
+    h0 = v.check_state(h0, "h0", batch, units, x.dtype, xp)
+    c0 = v.check_state(c0, "c0", batch, units, x.dtype, xp)
+    act = v.activation_code(activation)
+    ract = v.activation_code(recurrent_activation, "recurrent_activation")
+    mask_tm, first = cu.time_major_mask(xp, v.check_mask(mask, batch, time, xp), batch, time,
+                                        go_backwards)
+    has_bias = bias is not None
+    if bias is None:
+        bias = xp.zeros(4 * units, x.dtype)
+    k = KERNELS.get(x.dtype)
+    stream = cu.stream_for(xp)
+
+    x_tm = cu.to_time_major(xp, x, go_backwards)
+    gates = cu.matmul(xp, x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, 4 * units)
+    h_states = xp.empty((time + 1, batch, units), x.dtype)
+    c_states = xp.empty((time + 1, batch, units), x.dtype)
+    h_states[0] = h0
+    c_states[0] = c0
+    tanh_c = xp.empty((time, batch, units), x.dtype)
+    out = xp.empty((batch, time, units), x.dtype)
+    rec = xp.empty((batch, 4 * units), x.dtype)
+    args = [cu.device(a) for a in (gates, rec, bias, h_states, c_states, tanh_c, out, mask_tm,
+                                   first)]
+    for t in range(time):
+        cu.matmul(xp, h_states[t], recurrent_kernel, out=rec)
+        cu.launch(k.forward, batch * units, stream, *args, t, act, ract)
+    saved = LSTMSavedCUDA(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
+                          recurrent_kernel, has_bias, act, ract, go_backwards)
+    return out, h_states[time].copy(), c_states[time].copy(), saved
+
+
+def lstm_backward(saved, d_out, d_h_last, d_c_last):
+    """Gradients of the CUDA lstm_forward, as kernels.lstm_backward."""
+    v.check_saved(saved, LSTMSavedCUDA, "lstm_forward (CUDA)")
+    xp = cu.array_module(saved.gates, "saved")
+    time, batch, width = saved.gates.shape
+    units = width // 4
+    dtype = saved.gates.dtype
+    d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype, xp)
+    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype, xp).copy()
+    dc = v.check_grad(d_c_last, "d_c_last", (batch, units), dtype, xp).copy()
+    k = KERNELS.get(dtype)
+    stream = cu.stream_for(xp)
+    dz = xp.empty((time, batch, width), dtype)
+    rec = xp.zeros((batch, units), dtype)
+    rk_t = xp.ascontiguousarray(saved.recurrent_kernel.T)
+    args = [cu.device(a) for a in (saved.gates, saved.c_states, saved.tanh_c, d_out, dh, dc, rec,
+                                   saved.mask, saved.first)]
+    d_dz = cu.device(dz)
+    for t in range(time - 1, -1, -1):
+        cu.launch(k.backward, batch * units, stream, *args, t, saved.act, saved.ract, d_dz)
+        cu.matmul(xp, dz[t], rk_t, out=rec)
+    dh += rec
+    dz2 = dz.reshape(time * batch, width)
+    dx = cu.from_time_major(xp, cu.matmul(xp, dz2, saved.kernel.T).reshape(time, batch, -1),
+                            saved.go_backwards)
+    d_kernel = cu.matmul(xp, saved.x_tm.reshape(time * batch, -1).T, dz2)
+    d_recurrent = cu.matmul(xp, saved.h_states[:time].reshape(time * batch, units).T, dz2)
+    d_bias = dz2.sum(axis=0) if saved.has_bias else None
+    return dx, dh, dc, d_kernel, d_recurrent, d_bias
