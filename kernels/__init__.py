@@ -1,6 +1,9 @@
 """fastrnn.kernels: forward and backward recurrences on NumPy arrays.
 
-No TensorFlow here: NumPy in, NumPy out, float32 or float64 preserved.
+No TensorFlow here: NumPy in, NumPy out (the Numba CPU kernels); CuPy in, CuPy
+out (the CUDA kernels, with the `gpu` extra on a machine with a CUDA GPU);
+float32 or float64 preserved. `gpu_available()` says whether the CUDA kernels
+can run here.
 
     out, h_last, saved = gru_forward(x, h0, kernel, recurrent_kernel, bias,
                                      mask=None, reset_after=True, go_backwards=False)
@@ -15,15 +18,29 @@ The float64 references with the same signatures live in
 disk by Numba), never at import.
 """
 
+from . import _dispatch
+from ._cuda import gpu_available
 from ._validate import ACTIVATIONS
-from .gru.cpu import gru_backward, gru_forward
-from .lstm.cpu import lstm_backward, lstm_forward
-from .mingru.cpu import mingru_backward, mingru_forward
-from .scan.cpu import linear_scan, linear_scan_backward
-from .simple_rnn.cpu import simple_rnn_backward, simple_rnn_forward
+from .gru import cpu as _gru
+from .lstm import cpu as _lstm
+from .mingru import cpu as _mingru
+from .scan import cpu as _scan
+from .simple_rnn import cpu as _simple_rnn
+
+gru_forward = _dispatch.forward(_gru.gru_forward, "gru")
+gru_backward = _dispatch.backward(_gru.gru_backward, "gru")
+lstm_forward = _dispatch.forward(_lstm.lstm_forward, "lstm")
+lstm_backward = _dispatch.backward(_lstm.lstm_backward, "lstm")
+mingru_forward = _dispatch.forward(_mingru.mingru_forward, "mingru")
+mingru_backward = _dispatch.backward(_mingru.mingru_backward, "mingru")
+simple_rnn_forward = _dispatch.forward(_simple_rnn.simple_rnn_forward, "simple_rnn")
+simple_rnn_backward = _dispatch.backward(_simple_rnn.simple_rnn_backward, "simple_rnn")
+linear_scan = _dispatch.forward(_scan.linear_scan, "scan")
+linear_scan_backward = _dispatch.forward(_scan.linear_scan_backward, "scan")
 
 __all__ = [
     "ACTIVATIONS",
+    "gpu_available",
     "gru_backward",
     "gru_forward",
     "linear_scan",

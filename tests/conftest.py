@@ -5,6 +5,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out
+# The CUDA kernels run under Numba's CUDA simulator (NumPy arrays, tiny shapes)
+# unless FASTRNN_TEST_GPU=1 asks for the real GPU. Set before numba.cuda is imported.
+GPU_MODE = os.environ.get("FASTRNN_TEST_GPU") == "1"
+if not GPU_MODE:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 # One tolerance table per dtype: the worst error max|a - b| / max(max|b|, 1)
 # allowed between a kernel and its float64 reference, per compared array (see

@@ -24,6 +24,27 @@ def test_kernels_import_without_tensorflow(tmp_path):
     assert result.stdout.strip() == "ok"
 
 
+def test_cpu_path_works_without_cuda_packages(tmp_path):
+    # numba-cuda and CuPy made unimportable: the CPU kernels and the layers
+    # work exactly as before, and the CUDA stack is never imported on the way.
+    result = run_python(
+        "import sys\n"
+        "sys.modules['cupy'] = None\nsys.modules['numba.cuda'] = None\n"
+        "import numpy as np\n"
+        "from fastrnn import kernels\n"
+        "assert not kernels.gpu_available()\n"
+        "x = np.ones((2, 3, 4), np.float32)\n"
+        "out, h, saved = kernels.gru_forward(x, None, np.zeros((4, 6), np.float32),\n"
+        "                                    np.zeros((2, 6), np.float32), None)\n"
+        "kernels.gru_backward(saved, out, h)\n"
+        "import fastrnn, keras\n"
+        "y = fastrnn.GRU(2)(x)\n"
+        "assert tuple(y.shape) == (2, 2)\n"
+        "print('ok')", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
 def test_unknown_attribute_is_a_clear_error(tmp_path):
     result = run_python("import fastrnn\ntry:\n    fastrnn.Nope\nexcept AttributeError as e:\n"
                         "    print(e)", cwd=tmp_path)
