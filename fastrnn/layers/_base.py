@@ -55,7 +55,22 @@ def tracing_for_export():
 
 
 class FastRNNMixin:
-    """Mixed in before the Keras RNN class; subclasses define `_fast_loop`."""
+    """Mixed in before the Keras RNN class; subclasses define `_fast_loop`.
+
+    Adds one argument to Keras': `device`, "auto" (default), "cpu" or "cuda".
+    "auto" runs the CUDA kernels when CuPy + numba-cuda find a GPU that
+    TensorFlow also uses and the inputs live there, else the CPU kernels;
+    "cuda" insists (a RuntimeError says what is missing); "cpu" never tries.
+    """
+
+    def __init__(self, *args, device="auto", **kwargs):
+        from fastrnn.ops.recurrence import check_device
+
+        self._device = check_device(device)
+        super().__init__(*args, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "device": self._device}
 
     def _fallback_reason(self, training):
         """Why this call must use Keras' own loop, or None."""

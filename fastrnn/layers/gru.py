@@ -35,6 +35,7 @@ class GRU(FastRNNMixin, keras.layers.GRU):
         outputs, h_last = ops.gru(
             sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
             None if cell.bias is None else cell.bias.value, mask, reset_after=cell.reset_after,
-            go_backwards=self.go_backwards, activation=activation_name(cell.activation),
+            go_backwards=self.go_backwards, device=self._device,
+            activation=activation_name(cell.activation),
             recurrent_activation=activation_name(cell.recurrent_activation))
         return outputs, [h_last]

@@ -34,6 +34,7 @@ class LSTM(FastRNNMixin, keras.layers.LSTM):
         outputs, h_last, c_last = ops.lstm(
             sequences, states[0], states[1], cell.kernel.value, cell.recurrent_kernel.value,
             None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards,
+            device=self._device,
             activation=activation_name(cell.activation),
             recurrent_activation=activation_name(cell.recurrent_activation))
         return outputs, [h_last, c_last]

@@ -129,7 +129,8 @@ class MinGRU(FastRNNMixin, keras.layers.RNN):
         cell = self.cell
         outputs, h_last = ops.mingru(
             sequences, states[0], cell.kernel.value,
-            None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards)
+            None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards,
+            device=self._device)
         return outputs, [h_last]
 
     @property

@@ -40,5 +40,6 @@ class SimpleRNN(FastRNNMixin, keras.layers.SimpleRNN):
             sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
             None if cell.bias is None else cell.bias.value, mask,
             activation=activation_name(cell.activation), go_backwards=self.go_backwards,
+            device=self._device,
             recurrent_mask=recurrent_mask)
         return outputs, [h_last]

@@ -12,6 +12,15 @@ When no gradient tape is recording while the op is built (inference: predict,
 eager calls), the forward returns only its outputs, and the backward, should a
 gradient be asked for after all (a tf.function traced without a tape and called
 under one), re-runs the forward first. Half precision is computed in float32.
+
+GPU route (`device`): where the CUDA kernels can run (CuPy + numba-cuda and a
+GPU TensorFlow also sees), the py_funcs are `tf.py_function` instead: a tensor
+on a GPU goes to CuPy through DLPack (no copy, no host round trip), runs the
+CUDA kernels, and comes back through DLPack after CuPy's stream is
+synchronized; a tensor on the CPU takes the NumPy kernels as before. On this
+route the backward re-runs the forward (1 extra forward per training step)
+instead of carrying `saved` across, as the CUDA `saved` objects are not
+rebuilt from tensors yet.
 """
 
 import os
@@ -20,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from fastrnn.kernels import _blas, _validate
+from fastrnn import kernels
+from fastrnn.kernels import _blas, _cuda, _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.lstm import cpu as lstm_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu
@@ -59,8 +69,70 @@ def _blas_threads_for(fn, x_index, gates):
     return wrapped
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device):
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+def use_gpu_route(device):
+    """True when the layer should run through tf.py_function with the CUDA kernels.
+
+    "cpu": never. "cuda": always, or a RuntimeError saying what is missing.
+    "auto": when CuPy + numba-cuda find a GPU and TensorFlow has one too.
+    """
+    check_device(device)
+    if device == "cpu":
+        return False
+    if device == "cuda":
+        reason = _cuda.missing_reason()
+        if reason is None and _cuda.simulator():
+            reason = "the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) cannot take TensorFlow tensors"
+        if reason is not None:
+            raise RuntimeError(f"device='cuda' was asked for, but {reason}; "
+                               "use device='auto' or 'cpu' to run the CPU kernels")
+        return True
+    return _cuda.gpu_available() and bool(tf.config.list_logical_devices("GPU"))
+
+
+def _from_tensor(t):
+    """An eager tensor as the kernels take it: CuPy (by DLPack) on a GPU, else NumPy."""
+    if "GPU" not in t.device:
+        return t.numpy()
+    import cupy
+
+    if t.dtype == tf.bool:  # DLPack bool support varies; masks are small
+        return cupy.asarray(t.numpy())
+    capsule = tf.experimental.dlpack.to_dlpack(t)  # waits until t's data is ready
+    try:
+        return cupy.from_dlpack(capsule)
+    except TypeError:  # CuPy versions that take only __dlpack__ objects
+        return cupy.fromDlpack(capsule)
+
+
+def _to_tensor(a):
+    if not _cuda.is_cupy_array(a):
+        return tf.convert_to_tensor(a)
+    import cupy
+
+    cupy.cuda.get_current_stream().synchronize()  # TensorFlow reads on its own stream
+    return tf.experimental.dlpack.from_dlpack(a.toDlpack())
+
+
+def _eager(fn):
+    """fn over arrays -> a tf.py_function body over eager tensors (GPU or CPU)."""
+
+    def body(*tensors):
+        return [_to_tensor(a) for a in fn(*[_from_tensor(t) for t in tensors])]
+
+    return body
+
+
 def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, units,
-                recurrent_mask=None, carry=None, restore=None, n_carry=None):
+                recurrent_mask=None, carry=None, restore=None, n_carry=None, device="cpu"):
     """Differentiable (outputs [B, T, H], [final states, each [B, H]]).
 
     `forward(x, *states0, *weights, mask, recurrent_mask) -> (out, *states, saved)`
@@ -91,7 +163,14 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
     mask_t = tf.cast(mask, tf.bool) if has_mask else tf.zeros((0, 0), tf.bool)
     has_rmask = recurrent_mask is not None
     rmask_t = tf.cast(recurrent_mask, dtype) if has_rmask else tf.zeros((0, 0), dtype)
-    save = record.could_possibly_record()
+    gpu_route = use_gpu_route(device)
+    save = record.could_possibly_record() and not gpu_route
+    if gpu_route:
+        def call(fn, x_index, args, Tout):
+            return tf.py_function(_eager(fn), args, Tout=Tout)
+    else:
+        def call(fn, x_index, args, Tout):
+            return tf.numpy_function(_blas_threads_for(fn, x_index, width), args, Tout=Tout)
 
     def unpack(mask_in, rmask_in, arrays):
         x_np, rest = arrays[0], arrays[1:]
@@ -108,9 +187,8 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
 
     @tf.custom_gradient
     def op(*tensors):
-        out, *rest = tf.numpy_function(_blas_threads_for(forward_np, 2, width),
-                                       [mask_t, rmask_t, *tensors],
-                                       Tout=[dtype] * (1 + n_states + (n_carry if save else 0)))
+        out, *rest = call(forward_np, 2, [mask_t, rmask_t, *tensors],
+                          [dtype] * (1 + n_states + (n_carry if save else 0)))
         states, carried = rest[:n_states], rest[n_states:]
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
         for state in states:
@@ -129,10 +207,9 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
                 grads = backward(saved, d_out_in, *d_states_in)
                 return [g for g, p in zip(grads, [True] * (1 + n_states) + present) if p]
 
-            grads = tf.numpy_function(
-                _blas_threads_for(backward_np, 3 + n_states, width),
-                [d_out, *d_states, mask_t, rmask_t, *tensors, *carried],
-                Tout=[dtype] * len(tensors))
+            grads = call(backward_np, 3 + n_states,
+                         [d_out, *d_states, mask_t, rmask_t, *tensors, *carried],
+                         [dtype] * len(tensors))
             for g, t in zip(grads, tensors):
                 g.set_shape(t.shape)
             return grads
@@ -144,7 +221,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
 
 
 def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
-        go_backwards=False, activation="tanh", recurrent_activation="sigmoid"):
+        go_backwards=False, activation="tanh", recurrent_activation="sigmoid", device="cpu"):
     """GRU over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
     meta = dict(has_bias=bias is not None, reset_after=bool(reset_after),
                 act=_validate.activation_code(activation),
@@ -152,17 +229,18 @@ def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
                 go_backwards=bool(go_backwards))
 
     def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
-        return gru_cpu.gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=mask,
+        return kernels.gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=mask,
                                    reset_after=reset_after, go_backwards=go_backwards,
                                    activation=activation, recurrent_activation=recurrent_activation)
 
-    out, (h_last,) = _recurrence(forward, gru_cpu.gru_backward, gru_cpu.GRUSaved, meta, x, [h0],
-                                 [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0])
+    out, (h_last,) = _recurrence(forward, kernels.gru_backward, gru_cpu.GRUSaved, meta, x, [h0],
+                                 [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0],
+                                 device=device)
     return out, h_last
 
 
 def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="tanh",
-               go_backwards=False, recurrent_mask=None):
+               go_backwards=False, recurrent_mask=None, device="cpu"):
     """SimpleRNN over a sequence as a differentiable TF op. Returns (outputs, h_last).
 
     recurrent_mask [B, H]: Keras' recurrent dropout mask (h_{t-1} * m before U).
@@ -171,46 +249,47 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="
                 go_backwards=bool(go_backwards))
 
     def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
-        return simple_rnn_cpu.simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias,
-                                                 activation=activation, mask=mask,
-                                                 go_backwards=go_backwards,
-                                                 recurrent_mask=recurrent_mask)
+        return kernels.simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias,
+                                          activation=activation, mask=mask,
+                                          go_backwards=go_backwards,
+                                          recurrent_mask=recurrent_mask)
 
     out, (h_last,) = _recurrence(
-        forward, simple_rnn_cpu.simple_rnn_backward, simple_rnn_cpu.SimpleRNNSaved, meta, x, [h0],
-        [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0], recurrent_mask)
+        forward, kernels.simple_rnn_backward, simple_rnn_cpu.SimpleRNNSaved, meta, x, [h0],
+        [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0], recurrent_mask,
+        device=device)
     return out, h_last
 
 
-def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False):
+def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
     """minGRU over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
     def forward(x, h0, kernel, bias, mask, recurrent_mask):
-        return mingru_cpu.mingru_forward(x, h0, kernel, bias, mask=mask, go_backwards=go_backwards)
+        return kernels.mingru_forward(x, h0, kernel, bias, mask=mask, go_backwards=go_backwards)
 
     def restore(carried, x_np, states_np, ws, m, rm):
         return mingru_cpu.restore_saved(carried, x_np, states_np[0], ws[0], m,
                                         has_bias=bias is not None, go_backwards=go_backwards)
 
     out, (h_last,) = _recurrence(
-        forward, mingru_cpu.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, [h0], [kernel, bias],
+        forward, kernels.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, [h0], [kernel, bias],
         mask, kernel.shape[1] // 2, carry=lambda saved: [saved.gates, saved.states],
-        restore=restore, n_carry=2)
+        restore=restore, n_carry=2, device=device)
     return out, h_last
 
 
 def lstm(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, *, go_backwards=False,
-         activation="tanh", recurrent_activation="sigmoid"):
+         activation="tanh", recurrent_activation="sigmoid", device="cpu"):
     """LSTM over a sequence as a differentiable TF op. Returns (outputs, h_last, c_last)."""
     meta = dict(has_bias=bias is not None, act=_validate.activation_code(activation),
                 ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
                 go_backwards=bool(go_backwards))
 
     def forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
-        return lstm_cpu.lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=mask,
+        return kernels.lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=mask,
                                      go_backwards=go_backwards, activation=activation,
                                      recurrent_activation=recurrent_activation)
 
-    out, (h_last, c_last) = _recurrence(forward, lstm_cpu.lstm_backward, lstm_cpu.LSTMSaved, meta,
+    out, (h_last, c_last) = _recurrence(forward, kernels.lstm_backward, lstm_cpu.LSTMSaved, meta,
                                         x, [h0, c0], [kernel, recurrent_kernel, bias], mask,
-                                        recurrent_kernel.shape[0])
+                                        recurrent_kernel.shape[0], device=device)
     return out, h_last, c_last

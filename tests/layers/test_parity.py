@@ -145,6 +145,7 @@ def test_weights_and_config_are_keras():
     assert [w.shape for w in fast.weights] == [w.shape for w in ref.weights]
     cfg_ref, cfg_fast = ref.get_config(), fast.get_config()
     cfg_ref.pop("name"), cfg_fast.pop("name")
+    assert cfg_fast.pop("device") == "auto"  # fastrnn's one extra argument
     assert cfg_fast == cfg_ref
     clone = fastrnn.GRU.from_config(fast.get_config())
     assert isinstance(clone, fastrnn.GRU) and clone.reset_after is False
