@@ -97,8 +97,17 @@ def table(data):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    if device.parse_known_args(argv)[0].device == "cuda":
+        from bench import gpu  # the CUDA kernels beside cuDNN; no TensorFlow
+
+        return gpu.main(argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the CUDA kernels beside cuDNN on a GPU (see bench/gpu.py)")
     parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn,mingru")
     parser.add_argument("--suite", default="kernels,layers,mingru",
                         help="comma-separated suites: kernels (kernel level, beside Keras, torch "
