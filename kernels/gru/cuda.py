@@ -23,6 +23,7 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .cpu import GRUSaved
 
 
 def _build(F):
@@ -202,22 +203,8 @@ KERNELS = cu.KernelSet(_build, {
 
 
 @dataclass(eq=False)
-class GRUSavedCUDA:
-    """What gru_backward (CUDA) needs; treat as opaque. Fields as GRUSaved on the CPU."""
-
-    x_tm: object
-    gates: object
-    extra: object
-    states: object
-    mask: object
-    first: object
-    kernel: object
-    recurrent_kernel: object
-    has_bias: bool
-    reset_after: bool
-    act: int
-    ract: int
-    go_backwards: bool
+class GRUSavedCUDA(GRUSaved):
+    """What the CUDA backward needs (the CPU fields, holding CuPy arrays); opaque."""
 
 
 def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=True,

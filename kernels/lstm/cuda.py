@@ -13,6 +13,7 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .cpu import LSTMSaved
 
 
 def _build(F):
@@ -93,22 +94,8 @@ KERNELS = cu.KernelSet(_build, {
 
 
 @dataclass(eq=False)
-class LSTMSavedCUDA:
-    """What lstm_backward (CUDA) needs; treat as opaque."""
-
-    x_tm: object
-    gates: object
-    h_states: object
-    c_states: object
-    tanh_c: object
-    mask: object
-    first: object
-    kernel: object
-    recurrent_kernel: object
-    has_bias: bool
-    act: int
-    ract: int
-    go_backwards: bool
+class LSTMSavedCUDA(LSTMSaved):
+    """What the CUDA backward needs (the CPU fields, holding CuPy arrays); opaque."""
 
 
 def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwards=False,

@@ -17,6 +17,7 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .cpu import MinGRUSaved
 from ..scan.cuda import choose_method, run_scan
 
 
@@ -107,19 +108,8 @@ KERNELS = cu.KernelSet(_build, {
 
 
 @dataclass(eq=False)
-class MinGRUSavedCUDA:
-    """What mingru_backward (CUDA) needs; treat as opaque."""
-
-    x_p: object
-    gates: object
-    states: object
-    h0: object
-    mask_bt: object
-    first: object
-    kernel: object
-    has_bias: bool
-    go_backwards: bool
-    method: str
+class MinGRUSavedCUDA(MinGRUSaved):
+    """What the CUDA backward needs (the CPU fields, holding CuPy arrays); opaque."""
 
 
 def _processing_order_mask(xp, mask, batch, time, go_backwards):

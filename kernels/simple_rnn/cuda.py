@@ -16,6 +16,7 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .cpu import SimpleRNNSaved
 
 
 def _build(F):
@@ -72,19 +73,8 @@ KERNELS = cu.KernelSet(_build, {
 
 
 @dataclass(eq=False)
-class SimpleRNNSavedCUDA:
-    """What simple_rnn_backward (CUDA) needs; treat as opaque."""
-
-    x_tm: object
-    states: object
-    mask: object
-    first: object
-    kernel: object
-    recurrent_kernel: object
-    recurrent_mask: object
-    has_bias: bool
-    act: int
-    go_backwards: bool
+class SimpleRNNSavedCUDA(SimpleRNNSaved):
+    """What the CUDA backward needs (the CPU fields, holding CuPy arrays); opaque."""
 
 
 def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
