@@ -112,7 +112,8 @@ def main(argv=None):
     parser.add_argument("--suite", default="kernels,layers,mingru",
                         help="comma-separated suites: kernels (kernel level, beside Keras, torch "
                              "and the GEMM floor), layers (Keras layers and models), mingru "
-                             "(minGRU kernels, the scan against T, a language model)")
+                             "(minGRU kernels, the scan against T, a language model), scaling "
+                             "(GRU and minGRU time against T and H; --full runs it too)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="the default: fewer timed rounds, the longest scans left out")
@@ -132,7 +133,10 @@ def main(argv=None):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.json) if args.json else HERE / "results" / f"run-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    files = [str(HERE / f"test_{suite.strip()}.py") for suite in args.suite.split(",") if suite.strip()]
+    suites = [suite.strip() for suite in args.suite.split(",") if suite.strip()]
+    if args.full and "scaling" not in suites:
+        suites.append("scaling")
+    files = [str(HERE / f"test_{suite}.py") for suite in suites]
     cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only",
            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}",
            f"--bench-budget={budget}", "--benchmark-disable-gc"]
@@ -174,6 +178,9 @@ def main(argv=None):
     try:
         plot(data, plot_path)
         print(f"\nplot: {plot_path}")
+        scaling_path = plot_path.with_name(plot_path.stem + "-scaling.png")
+        if plot_scaling(data, scaling_path):
+            print(f"scaling plot: {scaling_path}")
     except ImportError:
         print("\nno plot: matplotlib is not installed (pip install matplotlib)")
     print(f"saved {out}")
@@ -228,7 +235,8 @@ def plot(data, path):
     import matplotlib.pyplot as plt
 
     med = _medians(data)
-    cases = sorted({k[:3] for k in med if k[3] == "fastrnn" and not k[0].startswith("scan")})
+    cases = sorted({k[:3] for k in med if k[3] == "fastrnn" and not k[0].startswith("scan")
+                    and not k[0].endswith("(scaling)")})
     anchors = [a for a in ("keras", "torch") if any(k[3] == a for k in med)]
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(cases) + 1.5))
     height = 0.8 / max(len(anchors), 1)
@@ -250,6 +258,51 @@ def plot(data, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _shape_numbers(shape):
+    return {part[0]: int(part[1:]) for part in shape.split()}
+
+
+def plot_scaling(data, path):
+    """Time against T and against H (log-log), one line per implementation.
+
+    Returns False (and writes nothing) when the run has no scaling cases."""
+    med = _medians(data)
+    cells = sorted({k[0] for k in med if k[0].endswith("(scaling)")})
+    if not cells:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.test_scaling import H_FIXED, T_FIXED
+
+    fig, axes = plt.subplots(len(cells), 2, figsize=(10, 3.6 * len(cells)), squeeze=False)
+    names = {"keras": "Keras (minGRU: Dense + tf loop)", "torch": "torch (minGRU: log-space)",
+             "floor": "GEMM floor", "fastrnn": "fastrnn"}
+    for row, cell in zip(axes, cells):
+        for ax, (axis, fixed_axis, fixed) in zip(row, (("T", "H", H_FIXED), ("H", "T", T_FIXED))):
+            for impl in ("fastrnn", "keras", "torch", "floor"):
+                points = sorted((_shape_numbers(k[1])[axis], v * 1e3) for k, v in med.items()
+                                if k[0] == cell and k[3] == impl
+                                and _shape_numbers(k[1])[fixed_axis] == fixed)
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=names[impl])
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(axis)
+            ax.set_ylabel("forward+backward, ms")
+            ax.set_title(f"{cell.split()[0]}: B16 I64, {fixed_axis}={fixed}, against {axis}",
+                         fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.suptitle(f"fastrnn on {machine()}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":
