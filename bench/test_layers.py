@@ -27,12 +27,16 @@ def _classes(impl):
     import fastrnn
 
     if impl == "keras":
+        from bench.mingru_anchors import DenseLoopMinGRU
+
+        # minGRU's Keras anchor: Dense gates + a tf loop, as Keras tutorials write it.
         return {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM,
-                "simple_rnn": keras.layers.SimpleRNN}
-    return {"gru": fastrnn.GRU, "lstm": fastrnn.LSTM, "simple_rnn": fastrnn.SimpleRNN}
+                "simple_rnn": keras.layers.SimpleRNN, "mingru": DenseLoopMinGRU}
+    return {"gru": fastrnn.GRU, "lstm": fastrnn.LSTM, "simple_rnn": fastrnn.SimpleRNN,
+            "mingru": fastrnn.MinGRU}
 
 
-def layer_step(impl, cell, shape):
+def layer_step(impl, cell, shape, mode="forward+backward"):
     import tensorflow as tf
 
     B, T, I, H = shape
@@ -41,6 +45,8 @@ def layer_step(impl, cell, shape):
     x = tf.constant(rng.standard_normal((B, T, I)).astype("float32"))
     dy = tf.constant(rng.standard_normal((B, T, H)).astype("float32"))
     layer.build((B, T, I))
+    if mode == "forward":
+        return tf.function(lambda: layer(x))
     return tf_forward_backward(layer, x, dy)
 
 
@@ -119,12 +125,13 @@ MODELS = ["forecast SimpleRNN(3)", "forecast GRU(256)", "next-word SimpleRNN(50,
 
 
 @pytest.mark.parametrize("impl", ["fastrnn", "keras"])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", list(LAYER_SHAPES))
-@pytest.mark.parametrize("cell", ["gru", "lstm", "simple_rnn"])
-def test_layer(run_benchmark, benchmark, cell, shape, impl):
-    benchmark.group = f"layer {cell} | {shape}"
-    run_benchmark(layer_step(impl, cell, LAYER_SHAPES[shape]), impl=impl, cell=f"layer {cell}",
-                  shape=shape, mode="forward+backward")
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple_rnn", "mingru"])
+def test_layer(run_benchmark, benchmark, cell, shape, mode, impl):
+    benchmark.group = f"layer {cell} | {shape} | {mode}"
+    run_benchmark(layer_step(impl, cell, LAYER_SHAPES[shape], mode), impl=impl,
+                  cell=f"layer {cell}", shape=shape, mode=mode)
 
 
 @pytest.mark.parametrize("impl", ["fastrnn", "keras"])

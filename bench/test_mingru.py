@@ -21,11 +21,14 @@ def _inputs(shape):
             np.zeros(2 * H, "float32"), rng.standard_normal((B, T, H)).astype("float32"))
 
 
-def mingru_case(impl, shape):
+def mingru_case(impl, shape, mode="forward+backward"):
     B, T, I, H = shape
     x, W, b, d_out = _inputs(shape)
     if impl == "fastrnn":
         from fastrnn import kernels
+
+        if mode == "forward":
+            return lambda: kernels.mingru_forward(x, None, W, b)
 
         def run():
             _, _, saved = kernels.mingru_forward(x, None, W, b)
@@ -40,6 +43,8 @@ def mingru_case(impl, shape):
         def run():
             np.matmul(x2, W, out=gates)
             np.copyto(spare, gates)
+            if mode == "forward":
+                return
             np.copyto(spare, d2)
             np.matmul(d2, W.T, out=dx)
             return x2.T @ d2
@@ -51,6 +56,9 @@ def mingru_case(impl, shape):
 
         layer = DenseLoopMinGRU(H, return_sequences=True)
         layer.build((B, T, I))
+        if mode == "forward":
+            xt = tf.constant(x)
+            return tf.function(lambda: layer(xt))
         return tf_forward_backward(layer, tf.constant(x), tf.constant(d_out))
     if impl == "torch log-space":
         import torch
@@ -62,6 +70,12 @@ def mingru_case(impl, shape):
         bt = torch.from_numpy(b).requires_grad_(True)
         dt = torch.from_numpy(d_out)
 
+        if mode == "forward":
+            def forward():
+                with torch.no_grad():
+                    return torch_log_space_mingru(xt, Wt, bt)
+            return forward
+
         def run():
             xt.grad = Wt.grad = bt.grad = None
             torch_log_space_mingru(xt, Wt, bt).backward(dt)
@@ -70,14 +84,15 @@ def mingru_case(impl, shape):
 
 
 @pytest.mark.parametrize("impl", ["fastrnn", "tf loop", "torch log-space", "floor"])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_mingru(run_benchmark, benchmark, shape, impl):
+def test_mingru(run_benchmark, benchmark, shape, mode, impl):
     if impl == "torch log-space" and not torch_available():
         pytest.skip("torch is not installed (pip install torch) - its anchor is left out")
-    benchmark.group = f"mingru | {shape} | forward+backward"
+    benchmark.group = f"mingru | {shape} | {mode}"
     name = {"tf loop": "keras", "torch log-space": "torch"}.get(impl, impl)
-    run_benchmark(mingru_case(impl, SHAPES[shape]), impl=name, cell="mingru", shape=shape,
-                  mode="forward+backward")
+    run_benchmark(mingru_case(impl, SHAPES[shape], mode), impl=name, cell="mingru", shape=shape,
+                  mode=mode)
 
 
 @pytest.mark.parametrize("method", ["sequential", "blelloch", "copy"])
