@@ -150,7 +150,8 @@ def main(argv=None):
     if not args.full:
         # The longest scans (test ids carry T), the language-model epochs and the
         # layer-level forward-only cases run with --full only.
-        selection.append("not 65536 and not 16384 and not lm_epoch and not (test_layer and forward-)")
+        selection.append("not 65536 and not 16384 and not lm_epoch "
+                         "and not (test_layer and (forward- or T1024))")
     if selection:
         cmd += ["-k", " and ".join(selection)]
     env = dict(os.environ)
@@ -164,8 +165,8 @@ def main(argv=None):
     if versions()["torch"] == "not installed":
         print("torch is not installed: its anchor is left out (pip install torch to add it)")
     if not args.full:
-        print("--quick (the default): scans past T=4096, the language-model epochs and the "
-              "layer-level forward-only cases are left out; --full runs them")
+        print("--quick (the default): scans past T=4096, the language-model epochs, the "
+              "layer-level forward-only and T=1024 cases are left out; --full runs them")
     print("running:", " ".join(cmd[2:]), flush=True)
     # pytest's own progress line (one dot per case, percent done) is the progress bar.
     result = subprocess.run(cmd, cwd=HERE.parent, text=True, env=env)

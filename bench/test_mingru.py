@@ -10,7 +10,9 @@ from bench.cases import tf_forward_backward, torch_available
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHAPES = {"B16 T1024 I64 H128": (16, 1024, 64, 128), "B64 T100 I128 H256": (64, 100, 128, 256)}
+# DESIGN.md's four shapes.
+SHAPES = {"B32 T15 I1 H45": (32, 15, 1, 45), "B128 T17 I100 H150": (128, 17, 100, 150),
+          "B64 T100 I128 H256": (64, 100, 128, 256), "B16 T1024 I64 H128": (16, 1024, 64, 128)}
 
 
 def _inputs(shape):
