@@ -187,3 +187,20 @@ def test_errors_name_the_argument(rng):
 def test_array_module_refuses_other_types_without_a_gpu():
     with pytest.raises(TypeError, match="x must be a cupy.ndarray"):
         _cuda.array_module([1.0])
+
+
+def test_public_backward_follows_a_cuda_saved(rng):
+    # kernels.gru_backward given what the CUDA forward saved runs the CUDA backward.
+    from fastrnn import kernels
+
+    arrays = _arrays("gru", rng, (2, 4, 3, 5), np.float32)
+    *_, saved = gru_cuda.gru_forward(*[to_device(a) for a in arrays.values()])
+    d_out = to_device(rng.standard_normal((2, 4, 5)).astype(np.float32))
+    via_public = kernels.gru_backward(saved, d_out, None)
+    direct = gru_cuda.gru_backward(saved, d_out, None)
+    for a, b in zip(via_public, direct):
+        np.testing.assert_array_equal(to_host(a), to_host(b))
+    with pytest.raises(TypeError, match="saved must be"):
+        from fastrnn.kernels.gru import cpu as gru_cpu
+
+        gru_cpu.gru_backward(saved, d_out, None)  # the CPU kernel refuses a CUDA saved

@@ -176,3 +176,25 @@ def test_outputs_survive_later_calls():
     again = kernels.gru_backward(saved, np.ones_like(out), None)
     for a, b in zip(grads, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cupy_arrays_without_the_cuda_stack_get_a_clear_error(monkeypatch):
+    # A CuPy array reaching fastrnn.kernels on a machine where the CUDA kernels
+    # cannot run: a RuntimeError saying what is missing, not a crash in Numba.
+    import sys
+    import types
+
+    from fastrnn.kernels import _cuda
+
+    fake = types.ModuleType("cupy")
+
+    class ndarray:  # noqa: N801 - stands in for cupy.ndarray
+        pass
+
+    fake.ndarray = ndarray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_cuda, "missing_reason", lambda: "no CUDA GPU is visible")
+    with pytest.raises(RuntimeError, match="gru_forward got CuPy arrays, but no CUDA GPU is visible"):
+        kernels.gru_forward(ndarray(), None, None, None, None)
+    with pytest.raises(RuntimeError, match="linear_scan got CuPy arrays"):
+        kernels.linear_scan(ndarray(), ndarray())
