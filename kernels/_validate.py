@@ -180,18 +180,39 @@ def saved_arrays(saved):
             if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
 
 
-def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask=None, **meta):
-    """Inverse of saved_arrays, given the forward's inputs and the other fields."""
+def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask=None,
+                  cuda=None, **meta):
+    """Inverse of saved_arrays, given the forward's inputs and the other fields.
+
+    `cls` is the CPU class; CuPy arrays (or cuda=True: NumPy arrays under the
+    CUDA simulator) rebuild the CUDA kernels' subclass of it instead.
+    """
     from dataclasses import fields
 
-    from ._cpu_common import time_major_mask, to_time_major
+    from . import _cuda
 
+    if cuda is None:
+        cuda = _cuda.is_cupy_array(x)
+    go_backwards = meta["go_backwards"]
     batch, time = x.shape[:2]
-    mask_tm, first = time_major_mask(mask, batch, time, meta["go_backwards"])
-    derived = dict(x_tm=to_time_major(x, meta["go_backwards"]), mask=mask_tm, first=first,
+    if cuda:
+        import importlib
+
+        xp = _cuda.array_module(x)
+        cls = getattr(importlib.import_module(cls.__module__.rsplit(".", 1)[0] + ".cuda"),
+                      cls.__name__ + "CUDA")
+        mask_tm, first = _cuda.time_major_mask(xp, mask, batch, time, go_backwards)
+        x_tm = _cuda.to_time_major(xp, x, go_backwards)
+    else:
+        from ._cpu_common import time_major_mask, to_time_major
+
+        xp = np
+        mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
+        x_tm = to_time_major(x, go_backwards)
+    derived = dict(x_tm=x_tm, mask=mask_tm, first=first,
                    kernel=kernel, recurrent_kernel=recurrent_kernel,
                    recurrent_mask=check_recurrent_mask(recurrent_mask, batch, kernel.shape[1],
-                                                       x.dtype))
+                                                       x.dtype, xp))
     names = [f.name for f in fields(cls) if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
     present = {f.name for f in fields(cls)}
     return cls(**dict(zip(names, arrays)), **{k: v for k, v in derived.items() if k in present},

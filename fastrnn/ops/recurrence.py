@@ -17,10 +17,9 @@ GPU route (`device`): where the CUDA kernels can run (CuPy + numba-cuda and a
 GPU TensorFlow also sees), the py_funcs are `tf.py_function` instead: a tensor
 on a GPU goes to CuPy through DLPack (no copy, no host round trip), runs the
 CUDA kernels, and comes back through DLPack after CuPy's stream is
-synchronized; a tensor on the CPU takes the NumPy kernels as before. On this
-route the backward re-runs the forward (1 extra forward per training step)
-instead of carrying `saved` across, as the CUDA `saved` objects are not
-rebuilt from tensors yet.
+synchronized; a tensor on the CPU takes the NumPy kernels as before. What
+the forward saves travels between the two py_functions as tensors, as on the
+CPU route (by DLPack, without copies, on a GPU).
 """
 
 import os
@@ -104,7 +103,8 @@ def _from_tensor(t):
         return t.numpy()
     import cupy
 
-    if t.dtype == tf.bool:  # DLPack bool support varies; masks are small
+    if t.dtype == tf.bool or t.shape.num_elements() == 0:
+        # DLPack bool and empty-tensor support varies; masks and placeholders are small.
         return cupy.asarray(t.numpy())
     capsule = tf.experimental.dlpack.to_dlpack(t)  # waits until t's data is ready
     try:
@@ -164,7 +164,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
     has_rmask = recurrent_mask is not None
     rmask_t = tf.cast(recurrent_mask, dtype) if has_rmask else tf.zeros((0, 0), dtype)
     gpu_route = use_gpu_route(device)
-    save = record.could_possibly_record() and not gpu_route
+    save = record.could_possibly_record()
     if gpu_route:
         def call(fn, x_index, args, Tout):
             return tf.py_function(_eager(fn), args, Tout=Tout)
@@ -267,8 +267,11 @@ def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
         return kernels.mingru_forward(x, h0, kernel, bias, mask=mask, go_backwards=go_backwards)
 
     def restore(carried, x_np, states_np, ws, m, rm):
-        return mingru_cpu.restore_saved(carried, x_np, states_np[0], ws[0], m,
-                                        has_bias=bias is not None, go_backwards=go_backwards)
+        module = mingru_cpu
+        if _cuda.is_cupy_array(x_np):
+            from fastrnn.kernels.mingru import cuda as module
+        return module.restore_saved(carried, x_np, states_np[0], ws[0], m,
+                                    has_bias=bias is not None, go_backwards=go_backwards)
 
     out, (h_last,) = _recurrence(
         forward, kernels.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, [h0], [kernel, bias],

@@ -181,3 +181,18 @@ def mingru_backward(saved, d_out, d_h_last):
     d_kernel = cu.matmul(xp, saved.x_p.reshape(batch * time, -1).T, d_pre2)
     d_bias = d_pre2.sum(axis=0) if saved.has_bias else None
     return dx, dh0, d_kernel, d_bias
+
+
+def restore_saved(carried, x, h0, kernel, mask, *, has_bias, go_backwards, method="auto"):
+    """Rebuild the CUDA mingru_forward's `saved` from its inputs and its carried
+    arrays (gates, states), as kernels/mingru/cpu.py's restore_saved does."""
+    xp = cu.array_module(x)
+    gates, states = carried
+    batch, time, units = states.shape
+    h0 = v.check_state(h0, "h0", batch, units, states.dtype, xp)
+    mask_bt, first = _processing_order_mask(xp, mask, batch, time, go_backwards)
+    x_p = xp.ascontiguousarray(x[:, ::-1]) if go_backwards else x
+    if method == "auto":
+        method = choose_method(batch, time, units)
+    return MinGRUSavedCUDA(x_p, gates, states, h0, mask_bt, first, kernel, has_bias,
+                           go_backwards, method)

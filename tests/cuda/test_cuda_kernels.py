@@ -204,3 +204,36 @@ def test_public_backward_follows_a_cuda_saved(rng):
         from fastrnn.kernels.gru import cpu as gru_cpu
 
         gru_cpu.gru_backward(saved, d_out, None)  # the CPU kernel refuses a CUDA saved
+
+
+@pytest.mark.parametrize("cell", ["simple_rnn", "gru", "gru_reset_before", "lstm", "mingru_blelloch"])
+def test_saved_rebuilt_from_carried_arrays(cell, rng):
+    # What the Keras layers' GPU route does between its two py_functions: carry
+    # the arrays of `saved` that cannot be rebuilt, rebuild the rest from the
+    # inputs; the backward must not change.
+    from fastrnn.kernels import _validate
+    from fastrnn.kernels.mingru import cpu as mingru_cpu
+
+    fwd, bwd, _, _, fixed = _functions(cell)
+    arrays = {k: to_device(a) for k, a in _arrays(cell, rng, (3, 6, 4, 5), np.float32).items()}
+    mask = to_device(make_mask("holes", 3, 6, rng))
+    *outs, saved = fwd(*arrays.values(), mask=mask, go_backwards=True, **fixed)
+    upstream = [to_device(rng.standard_normal(o.shape).astype(np.float32)) for o in outs]
+    if cell.startswith("mingru"):
+        rebuilt = mingru_cuda.restore_saved(
+            [saved.gates, saved.states], arrays["x"], arrays["h0"], arrays["kernel"], mask,
+            has_bias=True, go_backwards=True, method="blelloch")
+        assert type(saved) is type(rebuilt) and type(saved) is not mingru_cpu.MinGRUSaved
+    else:
+        carried = _validate.saved_arrays(saved)
+        meta = {k: getattr(saved, k) for k in saved.__dataclass_fields__
+                if not hasattr(getattr(saved, k), "shape")}  # the flags, not the arrays
+        rebuilt = _validate.restore_saved(
+            type(saved).__mro__[1], carried, arrays["x"], mask, arrays["kernel"],
+            arrays["recurrent_kernel"], cuda=True, **meta)
+        assert type(rebuilt) is type(saved)
+    for a, b in zip(bwd(saved, *upstream), bwd(rebuilt, *upstream)):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(to_host(a), to_host(b))
