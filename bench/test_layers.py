@@ -83,10 +83,11 @@ def _model(impl, name):
                                   keras.layers.Dense(vocab, activation="softmax")])
         x, y = rng.integers(0, vocab, (128, 10)), rng.integers(0, vocab, (128,))
         loss = "sparse_categorical_crossentropy"
-    elif name == "sentiment BiGRU(64) T200":
+    elif name in ("sentiment BiGRU(64) T200", "sentiment BiLSTM(64) T200"):
+        cell = "gru" if "GRU" in name else "lstm"
         model = keras.Sequential([keras.Input((200,), dtype="int32"),
                                   keras.layers.Embedding(5000, 64, mask_zero=True),
-                                  keras.layers.Bidirectional(classes["gru"](64)),
+                                  keras.layers.Bidirectional(classes[cell](64)),
                                   keras.layers.Dense(1, activation="sigmoid")])
         x, y = _padded_reviews(rng)
         loss = "binary_crossentropy"
@@ -99,13 +100,6 @@ def _model(impl, name):
                                   keras.layers.TimeDistributed(keras.layers.Dense(1))])
         x, y = rng.standard_normal((32, 15, 1)), rng.standard_normal((32, 15, 1))
         loss = "mse"
-    elif name == "sentiment BiLSTM(64) T200":
-        model = keras.Sequential([keras.Input((200,), dtype="int32"),
-                                  keras.layers.Embedding(5000, 64, mask_zero=True),
-                                  keras.layers.Bidirectional(classes["lstm"](64)),
-                                  keras.layers.Dense(1, activation="sigmoid")])
-        x, y = _padded_reviews(rng)
-        loss = "binary_crossentropy"
     elif name == "next-word LSTM(150) V8200":
         vocab = 8200
         model = keras.Sequential([keras.Input((10,), dtype="int32"),

@@ -37,12 +37,16 @@ def test_gru_scaling(run_benchmark, benchmark, axis, shape, impl):
                   cell="gru (scaling)", shape=label, mode="forward+backward")
 
 
-@pytest.mark.parametrize("impl", ["fastrnn", "tf loop", "torch log-space", "floor"])
-@pytest.mark.parametrize("axis,shape", SHAPES, ids=IDS)
+# The tf loop grows linearly: left out past T=1024 and H=256 to keep the run short.
+MINGRU_CASES = [pytest.param(axis, shape, impl, id=f"{case_id}-{impl}")
+                for (axis, shape), case_id in zip(SHAPES, IDS)
+                for impl in ("fastrnn", "tf loop", "torch log-space", "floor")
+                if impl != "tf loop" or (shape[1] <= 1024 and shape[3] <= 256)]
+
+
+@pytest.mark.parametrize("axis,shape,impl", MINGRU_CASES)
 def test_mingru_scaling(run_benchmark, benchmark, axis, shape, impl):
     _skip_if_missing(impl)
-    if impl == "tf loop" and (shape[1] > 1024 or shape[3] > 256):
-        pytest.skip("the tf loop grows linearly; left out past T=1024 and H=256 to keep the run short")
     label = "B{} T{} I{} H{}".format(*shape)
     benchmark.group = f"mingru scaling | {label}"
     name = {"tf loop": "keras", "torch log-space": "torch"}.get(impl, impl)

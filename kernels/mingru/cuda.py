@@ -25,6 +25,13 @@ def _build(F):
     m = cu.device_math(F)
     sigmoid, one, zero = m.sigmoid, m.one, m.zero
 
+    @cuda.jit(device=True)
+    def row_step_unit(i, time, units):
+        # Thread i of a [B, T, H] grid -> (batch row, step, unit).
+        rt = i // units
+        r = rt // time
+        return r, rt - r * time, i - rt * units
+
     @cuda.jit
     def gates_to_scan(gates, bias, mask, a, b):
         # gates [B, T, 2H]: x W in, z | h~ out (unmasked steps); a, b [B, T, H].
@@ -32,10 +39,7 @@ def _build(F):
         batch, time, units = a.shape
         if i >= batch * time * units:
             return
-        rt = i // units
-        j = i - rt * units
-        r = rt // time
-        t = rt - r * time
+        r, t, j = row_step_unit(i, time, units)
         if mask[r, t]:
             z = sigmoid(gates[r, t, j] + bias[j])
             ht = gates[r, t, units + j] + bias[units + j]
@@ -54,10 +58,7 @@ def _build(F):
         batch, time, units = states.shape
         if i >= batch * time * units:
             return
-        rt = i // units
-        j = i - rt * units
-        r = rt // time
-        t = rt - r * time
+        r, t, j = row_step_unit(i, time, units)
         out[r, t, j] = states[r, t, j] if t >= first[r] else zero
 
     @cuda.jit
@@ -67,10 +68,7 @@ def _build(F):
         batch, time, units = a.shape
         if i >= batch * time * units:
             return
-        rt = i // units
-        j = i - rt * units
-        r = rt // time
-        t = rt - r * time
+        r, t, j = row_step_unit(i, time, units)
         a[r, t, j] = one - gates[r, t, j] if mask[r, t] else one
         d_state[r, t, j] = d_out[r, t, j] if t >= first[r] else zero
 
@@ -81,10 +79,7 @@ def _build(F):
         batch, time, units = states.shape
         if i >= batch * time * units:
             return
-        rt = i // units
-        j = i - rt * units
-        r = rt // time
-        t = rt - r * time
+        r, t, j = row_step_unit(i, time, units)
         if mask[r, t]:
             z = gates[r, t, j]
             hp = states[r, t - 1, j] if t > 0 else h0[r, j]
