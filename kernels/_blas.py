@@ -13,7 +13,9 @@ Numba cfunc that calls ``np.dot`` (SciPy's BLAS). The symbol's name and ABI
 never change, so kernels cached on disk stay valid whichever backend is bound.
 """
 
+import contextlib
 import ctypes
+import threading
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -102,7 +104,7 @@ def _gemm_impl(a, b, out, accumulate):
     return impl
 
 
-def _local_threads_setter():
+def _threads_setter():
     import numpy._core._multiarray_umath as umath
 
     try:
@@ -115,12 +117,36 @@ def _local_threads_setter():
     return setter
 
 
-_set_local_threads = _local_threads_setter()
+# OpenBLAS >= 0.3.27 names this "_local", but in NumPy's pthreads build it sets
+# the count for the whole process (measured: a worker thread setting 1 made the
+# main thread's 2000 x 2000 sgemm 2x slower). So every change goes through
+# `limit_threads`, which counts who holds a limit and restores the count only
+# when the last holder leaves: two callers interleaving (two directions of a
+# Bidirectional layer in TensorFlow's thread pool) cannot leave it at 1.
+_set_threads = _threads_setter()
+_limit_lock = threading.Lock()
+_limit_holders = 0
+_count_before = None
 
 
-def set_local_threads(n):
-    """OpenBLAS threads for BLAS calls made from the calling thread only
-    (OpenBLAS >= 0.3.27); returns the previous count, or None where unsupported."""
-    if _set_local_threads is None:
-        return None
-    return _set_local_threads(int(n))
+@contextlib.contextmanager
+def limit_threads(n):
+    """OpenBLAS threads for the whole process set to n while inside (nestable,
+    thread-safe); the count from before the first holder is restored after the
+    last. A no-op where NumPy's BLAS is not OpenBLAS."""
+    global _limit_holders, _count_before
+    if _set_threads is None:
+        yield
+        return
+    with _limit_lock:
+        previous = _set_threads(int(n))
+        if _limit_holders == 0:
+            _count_before = previous
+        _limit_holders += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_holders -= 1
+            if _limit_holders == 0:
+                _set_threads(_count_before)

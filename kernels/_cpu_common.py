@@ -15,8 +15,10 @@ from ._math import sigmoid as fast_sigmoid
 from ._math import tanh as fast_tanh
 
 # Every kernel: cached on disk, and numpy's error model so that divisions carry
-# no zero-check branch and the elementwise loops vectorize.
-jit = njit(cache=True, error_model="numpy")
+# no zero-check branch and the elementwise loops vectorize. nogil: calls from
+# several threads run at once (the two directions of a Bidirectional layer on
+# TensorFlow's thread pool, or a user's own threads).
+jit = njit(cache=True, error_model="numpy", nogil=True)
 
 # Activation codes as in _validate.ACTIVATIONS:
 # 0 tanh, 1 relu, 2 sigmoid, 3 linear, 4 hard_sigmoid.

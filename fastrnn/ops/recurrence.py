@@ -59,12 +59,8 @@ def _blas_threads_for(fn, x_index, gates):
         threads = int(_FORCED_THREADS) if _FORCED_THREADS else (1 if work < SMALL_WORK else None)
         if threads is None:
             return fn(*args)
-        previous = _blas.set_local_threads(threads)
-        try:
+        with _blas.limit_threads(threads):
             return fn(*args)
-        finally:
-            if previous is not None:
-                _blas.set_local_threads(previous)
     return wrapped
 
 

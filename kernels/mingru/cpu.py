@@ -27,7 +27,7 @@ from .. import _validate as v
 from .._cpu_common import activate, time_major_mask
 from ..scan.cpu import choose_method, run_scan
 
-_opts = dict(cache=True, error_model="numpy")
+_opts = dict(cache=True, error_model="numpy", nogil=True)
 
 
 @njit(inline="always", **_opts)

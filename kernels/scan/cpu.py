@@ -19,7 +19,7 @@ by one, which is what the backward pass needs:
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-_opts = dict(cache=True, error_model="numpy")
+_opts = dict(cache=True, error_model="numpy", nogil=True)
 
 
 @njit(parallel=True, **_opts)
