@@ -1,4 +1,4 @@
-"""Reuse of large buffers between kernel calls.
+"""Reuse of large buffers between kernel calls, and 64-byte alignment.
 
 In a virtual machine a first touch of fresh memory costs a page fault per 4 KiB,
 and glibc hands large blocks back to the OS on free, so every call that
@@ -16,7 +16,12 @@ import threading
 
 import numpy as np
 
-_MIN_BYTES = 1 << 20          # smaller arrays come from numpy directly
+_MIN_BYTES = 1 << 20          # smaller arrays are never pooled
+# Every array starts on a 64-byte boundary: TensorFlow takes an array a py_func
+# returns without copying it only when its data is aligned to EIGEN_MAX_ALIGN_BYTES
+# (64); otherwise it copies it (measured: a 40 MB unaligned result cost 27 ms, an
+# aligned one 0.45 ms, TF 2.21 here). NumPy's own allocations are 16-byte aligned.
+ALIGN = 64
 _MAX_IDLE_BYTES = 1 << 29     # at most 512 MiB kept while unused
 _MAX_BUFFERS = 64             # beyond this, the oldest buffers still in use leave the pool
 _lock = threading.Lock()
@@ -28,21 +33,26 @@ def _idle(i):
     return sys.getrefcount(_buffers[i]) <= 2
 
 
+def _aligned(raw, nbytes, dtype, shape):
+    offset = (-raw.ctypes.data) % ALIGN
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 def empty(shape, dtype):
-    """Like numpy.empty, possibly reusing an idle pooled buffer."""
+    """Like numpy.empty, 64-byte aligned, possibly reusing an idle pooled buffer."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _MIN_BYTES:
-        return np.empty(shape, dtype)
+        return _aligned(np.empty(nbytes + ALIGN, np.uint8), nbytes, dtype, shape)
     with _lock:
         chosen = None
         for i in range(len(_buffers)):
-            if nbytes <= _buffers[i].nbytes <= 2 * nbytes and _idle(i):
+            if nbytes + ALIGN <= _buffers[i].nbytes <= 2 * nbytes and _idle(i):
                 chosen = _buffers.pop(i)
                 break
         if chosen is None:
-            chosen = np.empty(nbytes, np.uint8)
-        array = chosen[:nbytes].view(dtype).reshape(shape)
+            chosen = np.empty(nbytes + ALIGN, np.uint8)
+        array = _aligned(chosen, nbytes, dtype, shape)
         _buffers.append(chosen)
         del chosen
         _trim()
@@ -80,6 +90,19 @@ def matmul(a, b):
     """
     out = empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     return np.dot(a, b, out=out)
+
+
+def matmul_tn(a, b):
+    """a.T @ b for 2-D operands (the weight gradients), into an aligned buffer."""
+    out = empty((a.shape[1], b.shape[1]), np.result_type(a, b))
+    return np.dot(a.T, b, out=out)
+
+
+def copy(a):
+    """A C-contiguous, aligned copy of a."""
+    out = empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
 
 
 def ascontiguous(a):

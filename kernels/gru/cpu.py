@@ -321,7 +321,7 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
                               states, extra, out, mask_tm, first, act, ract)
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
                      has_bias, bool(reset_after), act, ract, go_backwards)
-    return out, states[time].copy(), saved
+    return out, _pool.copy(states[time]), saved
 
 
 def gru_backward(saved, d_out, d_h_last):
@@ -341,7 +341,7 @@ def gru_backward(saved, d_out, d_h_last):
     units = width // 3
     dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
-    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
+    dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
     rk = saved.recurrent_kernel
     d_xw = _pool.empty((time, batch, width), dtype)
     h_prev = saved.states[:time].reshape(time * batch, units)
@@ -353,7 +353,7 @@ def gru_backward(saved, d_out, d_h_last):
         _backward_reset_after(saved.gates, saved.extra, saved.states, d_out, dh,
                               np.ascontiguousarray(rk.T), saved.mask, saved.first,
                               saved.act, saved.ract, d_xw, d_hu, d_b_in, d_b_hh)
-        d_recurrent = h_prev.T @ d_hu.reshape(time * batch, width)
+        d_recurrent = _pool.matmul_tn(h_prev, d_hu.reshape(time * batch, width))
         d_bias = np.empty((2, width), dtype)
         d_bias[0] = d_b_in
         d_bias[1, :2 * units] = d_b_in[:2 * units]
@@ -363,7 +363,7 @@ def gru_backward(saved, d_out, d_h_last):
                                np.ascontiguousarray(rk[:, :2 * units].T),
                                np.ascontiguousarray(rk[:, 2 * units:].T),
                                saved.mask, saved.first, saved.act, saved.ract, d_xw, d_b_in)
-        d_recurrent = np.empty_like(rk)
+        d_recurrent = _pool.empty(rk.shape, rk.dtype)
         d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]
         d_recurrent[:, 2 * units:] = saved.extra.reshape(time * batch, units).T @ d_xw2[:, 2 * units:]
         d_bias = d_b_in.astype(dtype)
@@ -371,5 +371,5 @@ def gru_backward(saved, d_out, d_h_last):
         d_bias = None
     dx = from_time_major(_pool.matmul(d_xw2, saved.kernel.T).reshape(time, batch, -1),
                          saved.go_backwards)
-    d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_xw2
+    d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), d_xw2)
     return dx, dh, d_kernel, d_recurrent, d_bias

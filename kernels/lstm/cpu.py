@@ -181,7 +181,7 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
                     first, act, ract)
     saved = LSTMSaved(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                       recurrent_kernel, has_bias, act, ract, go_backwards)
-    return out, h_states[time].copy(), c_states[time].copy(), saved
+    return out, _pool.copy(h_states[time]), _pool.copy(c_states[time]), saved
 
 
 def lstm_backward(saved, d_out, d_h_last, d_c_last):
@@ -196,8 +196,8 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     units = width // 4
     dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
-    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
-    dc = v.check_grad(d_c_last, "d_c_last", (batch, units), dtype).copy()
+    dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
+    dc = _pool.copy(v.check_grad(d_c_last, "d_c_last", (batch, units), dtype))
     dz = _pool.empty((time, batch, width), dtype)
     d_bias = np.zeros(width)
     _backward_kernel(saved.gates, saved.c_states, saved.tanh_c, d_out, dh, dc,
@@ -206,6 +206,6 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     dz2 = dz.reshape(time * batch, width)
     dx = from_time_major(_pool.matmul(dz2, saved.kernel.T).reshape(time, batch, -1),
                          saved.go_backwards)
-    d_kernel = saved.x_tm.reshape(time * batch, -1).T @ dz2
-    d_recurrent = saved.h_states[:time].reshape(time * batch, units).T @ dz2
+    d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), dz2)
+    d_recurrent = _pool.matmul_tn(saved.h_states[:time].reshape(time * batch, units), dz2)
     return dx, dh, dc, d_kernel, d_recurrent, d_bias.astype(dtype) if saved.has_bias else None

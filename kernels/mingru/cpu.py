@@ -195,7 +195,7 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
             out[r, :first[r]] = 0.0
     saved = MinGRUSaved(x_p, gates, states, h0, mask_bt, first, kernel, has_bias, go_backwards,
                         method)
-    return out, states[:, -1].copy(), saved
+    return out, _pool.copy(states[:, -1]), saved
 
 
 def mingru_backward(saved, d_out, d_h_last):
@@ -208,7 +208,7 @@ def mingru_backward(saved, d_out, d_h_last):
     batch, time, units = saved.states.shape
     dtype = saved.states.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
-    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
+    dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
     d_pre = _pool.empty((batch, time, 2 * units), dtype)
     d_bias_rows = np.zeros((batch, 2 * units))
     if saved.method == "sequential":
@@ -227,7 +227,7 @@ def mingru_backward(saved, d_out, d_h_last):
     dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
     if saved.go_backwards:
         dx = _pool.ascontiguous(dx[:, ::-1])
-    d_kernel = saved.x_p.reshape(batch * time, -1).T @ d_pre2
+    d_kernel = _pool.matmul_tn(saved.x_p.reshape(batch * time, -1), d_pre2)
     d_bias = d_bias_rows.sum(axis=0).astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_bias
 

@@ -138,7 +138,7 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     # xw now holds h_t at unmasked steps and is dropped; states keeps what backward needs.
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                            has_bias, act, go_backwards)
-    return out, states[time].copy(), saved
+    return out, _pool.copy(states[time]), saved
 
 
 def simple_rnn_backward(saved, d_out, d_h_last):
@@ -157,7 +157,7 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     time, batch, units = saved.states.shape[0] - 1, saved.states.shape[1], saved.states.shape[2]
     dtype = saved.states.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
-    dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype).copy()
+    dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
 
     d_pre = _pool.empty((time, batch, units), dtype)
     d_bias = np.zeros(units)  # accumulated in float64 inside the loop
@@ -166,10 +166,10 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_pre2 = d_pre.reshape(time * batch, units)
     dx = from_time_major(_pool.matmul(d_pre2, saved.kernel.T).reshape(time, batch, -1),
                          saved.go_backwards)
-    d_kernel = saved.x_tm.reshape(time * batch, -1).T @ d_pre2
+    d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), d_pre2)
     h_prev = saved.states[:time]
     if saved.recurrent_mask.size:
         h_prev = h_prev * saved.recurrent_mask
-    d_recurrent = h_prev.reshape(time * batch, units).T @ d_pre2
+    d_recurrent = _pool.matmul_tn(h_prev.reshape(time * batch, units), d_pre2)
     d_bias = d_bias.astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_recurrent, d_bias

@@ -156,6 +156,34 @@ def test_pool_never_hands_out_memory_still_in_use():
     assert not any(np.shares_memory(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple_rnn", "mingru"])
+@pytest.mark.parametrize("batch,time", [(2, 3), (64, 100)])  # numpy-sized and pooled arrays
+def test_outputs_are_64_byte_aligned(cell, batch, time):
+    # TensorFlow takes a py_func's result without a copy only when it is 64-byte
+    # aligned, so everything a layer hands back to TF (outputs, final states, the
+    # carried `saved` arrays, gradients of x, initial states and weights) is.
+    from fastrnn.kernels import _validate
+
+    rng = np.random.default_rng(0)
+    I, H = 16, 64
+    gates = {"gru": 3, "lstm": 4, "simple_rnn": 1, "mingru": 2}[cell]
+    x = rng.standard_normal((batch, time, I)).astype(np.float32)
+    W = rng.standard_normal((I, gates * H)).astype(np.float32) * 0.3
+    forward = getattr(kernels, f"{cell}_forward")
+    backward = getattr(kernels, f"{cell}_backward")
+    n_states = 2 if cell == "lstm" else 1
+    if cell == "mingru":
+        *outs, saved = forward(x, None, W, None)
+        carried = [saved.gates, saved.states]
+    else:
+        U = rng.standard_normal((H, gates * H)).astype(np.float32) * 0.3
+        *outs, saved = forward(x, *[None] * n_states, W, U, None)
+        carried = _validate.saved_arrays(saved)
+    grads = backward(saved, np.ones_like(outs[0]), *[None] * n_states)
+    arrays = outs + carried + [g for g in grads if g is not None]
+    assert [a.ctypes.data % 64 for a in arrays] == [0] * len(arrays)
+
+
 def test_outputs_survive_later_calls():
     # Pooled buffers behind one call's outputs and `saved` are not reused by the next
     # call. Shapes large enough (>= 1 MiB per array) to come from the pool.
