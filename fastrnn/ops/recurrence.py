@@ -266,13 +266,13 @@ def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
         module = mingru_cpu
         if _cuda.is_cupy_array(x_np):
             from fastrnn.kernels.mingru import cuda as module
-        return module.restore_saved(carried, x_np, states_np[0], ws[0], m,
-                                    has_bias=bias is not None, go_backwards=go_backwards)
+        return module.restore_saved(carried, x_np, ws[0], m, has_bias=bias is not None,
+                                    go_backwards=go_backwards)
 
     out, (h_last,) = _recurrence(
         forward, kernels.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, [h0], [kernel, bias],
-        mask, kernel.shape[1] // 2, carry=lambda saved: [saved.gates, saved.states],
-        restore=restore, n_carry=2, device=device)
+        mask, kernel.shape[1] // 2, carry=lambda saved: [saved.gates], restore=restore,
+        n_carry=1, device=device)
     return out, h_last
 
 

@@ -5,7 +5,9 @@
 
 No recurrent matrix, so the layout stays batch-major ([B, T, .], processing
 order): one GEMM projects both gates for every step, then one fused serial pass
-computes the gates and runs the recurrence. (Parallel over batch rows it ran
+computes the gates and runs the recurrence, leaving z | h~ - h_{t-1} in the
+projection's buffer: the backward needs h_{t-1} only through that difference,
+so no [B, T, H] state array is written, saved or read again. (Parallel over batch rows it ran
 2.8x slower here right after the GEMM, Numba's threads and OpenBLAS' still
 spinning threads fighting over 2 cores: 6.7 ms against 2.4 ms at B16 T1024 H128.) When rows are
 fewer than cores and the sequence is long, the recurrence instead runs as the
@@ -14,7 +16,8 @@ a = 1, b = 0. Backward: the reverse recurrence g_t = dL/dh_t + a_{t+1} g_{t+1}
 fused with the gate gradients, then one GEMM each for dx and dW.
 
 Saved for backward, per step and batch row: x_t (I floats, the caller's array
-unless go_backwards), z | h~ (2H) and h_t (H).
+unless go_backwards) and z | h~ - h_{t-1} (2H). (Saving h_t as well, and reading
+it back, cost about 1 ms of 26 at B16 T1024 H128 forward + backward here.)
 """
 
 from dataclasses import dataclass
@@ -44,18 +47,20 @@ def _gates_in_place(row, bias, units):
 
 
 @njit(**_opts)
-def _forward_fused(gates, bias, h0, states, out, mask, first):
-    # gates [B, T, 2H]: x W on entry, z | h~ on exit (unmasked steps).
+def _forward_fused(gates, bias, h0, h_last, out, mask, first):
+    # gates [B, T, 2H]: x W on entry, z | h~ - h_{t-1} on exit (unmasked steps).
     batch, time, width = gates.shape
     units = width // 2
     for r in range(batch):
-        h = h0[r].copy()
+        h = h_last[r]
+        h[:] = h0[r]
         for t in range(time):
             if mask[r, t]:
-                z, ht = _gates_in_place(gates[r, t], bias, units)
+                z, diff = _gates_in_place(gates[r, t], bias, units)
                 for j in range(units):
-                    h[j] += z[j] * (ht[j] - h[j])
-            states[r, t] = h
+                    diff[j] -= h[j]
+                for j in range(units):
+                    h[j] += z[j] * diff[j]
             if t >= first[r]:
                 out[r, t] = h
             else:
@@ -79,11 +84,30 @@ def _gates_to_scan(gates, bias, mask, a, b):
             b[r, t, j] = z[j] * ht[j]
 
 
+@njit(parallel=True, **_opts)
+def _differences_and_outputs(gates, states, h0, mask, first, out):
+    # Blelloch path, after the scan: h~ -> h~ - h_{t-1} in gates (unmasked steps),
+    # and Keras' outputs (zeros before the first unmasked step, then the state).
+    batch, time, width = gates.shape
+    units = width // 2
+    for job in prange(batch * time):
+        r, t = job // time, job % time
+        if mask[r, t]:
+            hp = states[r, t - 1] if t > 0 else h0[r]
+            diff = gates[r, t, units:]
+            for j in range(units):
+                diff[j] -= hp[j]
+        if t >= first[r]:
+            out[r, t] = states[r, t]
+        else:
+            out[r, t] = 0.0
+
+
 @njit(inline="always", **_opts)
-def _step_gradients(g, z, ht, hp, dp, d_bias_row, units):
+def _step_gradients(g, z, diff, dp, d_bias_row, units):
     # dL/d(x W_z + b_z) = g (h~ - h_{t-1}) z (1 - z);  dL/d(x W_h + b_h) = g z
     for j in range(units):
-        dp[j] = g[j] * (ht[j] - hp[j]) * z[j] * (1.0 - z[j])
+        dp[j] = g[j] * diff[j] * z[j] * (1.0 - z[j])
     for j in range(units):
         dp[units + j] = g[j] * z[j]
     for j in range(2 * units):
@@ -91,7 +115,7 @@ def _step_gradients(g, z, ht, hp, dp, d_bias_row, units):
 
 
 @njit(**_opts)
-def _backward_fused(gates, states, h0, d_out, dh, mask, first, d_pre, d_bias_rows):
+def _backward_fused(gates, d_out, dh, mask, first, d_pre, d_bias_rows):
     # dh [B, H]: dL/dh_T in, dL/dh0 out. d_pre [B, T, 2H] = dL/d(x W + b).
     # d_bias_rows [B, 2H] float64: per-row column sums of d_pre (summed by the caller).
     batch, time, width = gates.shape
@@ -108,14 +132,13 @@ def _backward_fused(gates, states, h0, d_out, dh, mask, first, d_pre, d_bias_row
                 dp[:] = 0.0
                 continue
             z = gates[r, t, :units]
-            hp = states[r, t - 1] if t > 0 else h0[r]
-            _step_gradients(g, z, gates[r, t, units:], hp, dp, d_bias_rows[r], units)
+            _step_gradients(g, z, gates[r, t, units:], dp, d_bias_rows[r], units)
             for j in range(units):
                 g[j] *= 1.0 - z[j]
 
 
 @njit(parallel=True, **_opts)
-def _backward_from_scan(gates, states, h0, g, mask, d_pre, d_bias_rows):
+def _backward_from_scan(gates, g, mask, d_pre, d_bias_rows):
     # Blelloch path: g = dL/dh_t already scanned; gate gradients per step in parallel.
     batch, time, width = gates.shape
     units = width // 2
@@ -125,8 +148,7 @@ def _backward_from_scan(gates, states, h0, g, mask, d_pre, d_bias_rows):
             if not mask[r, t]:
                 dp[:] = 0.0
                 continue
-            hp = states[r, t - 1] if t > 0 else h0[r]
-            _step_gradients(g[r, t], gates[r, t, :units], gates[r, t, units:], hp, dp,
+            _step_gradients(g[r, t], gates[r, t, :units], gates[r, t, units:], dp,
                             d_bias_rows[r], units)
 
 
@@ -135,9 +157,7 @@ class MinGRUSaved:
     """What mingru_backward needs; treat as opaque."""
 
     x_p: np.ndarray      # x in processing order [B, T, I]
-    gates: np.ndarray    # z | h~ [B, T, 2H]
-    states: np.ndarray   # h_t [B, T, H] (the state, h0 carried over masked steps)
-    h0: np.ndarray
+    gates: np.ndarray    # z | h~ - h_{t-1} [B, T, 2H] (unmasked steps)
     mask_bt: np.ndarray  # [B, T] bool, processing order
     first: np.ndarray
     kernel: np.ndarray
@@ -180,22 +200,21 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
         bias = np.zeros(2 * units, x.dtype)
     x_p = _pool.ascontiguous(x[:, ::-1]) if go_backwards else x
     gates = _pool.matmul(x_p.reshape(batch * time, -1), kernel).reshape(batch, time, 2 * units)
-    states = _pool.empty((batch, time, units), x.dtype)
     out = _pool.empty((batch, time, units), x.dtype)
     if method == "auto":
         method = choose_method(batch, time)
     if method == "sequential":
-        _forward_fused(gates, bias, h0, states, out, mask_bt, first)
+        h_last = _pool.empty((batch, units), x.dtype)
+        _forward_fused(gates, bias, h0, h_last, out, mask_bt, first)
     else:
-        a = _pool.empty(states.shape, states.dtype)
+        a = _pool.empty(out.shape, out.dtype)
+        states = _pool.empty(out.shape, out.dtype)
         _gates_to_scan(gates, bias, mask_bt, a, states)
         run_scan(a, states, h0, states, False, "blelloch")
-        out[:] = states
-        for r in range(batch):
-            out[r, :first[r]] = 0.0
-    saved = MinGRUSaved(x_p, gates, states, h0, mask_bt, first, kernel, has_bias, go_backwards,
-                        method)
-    return out, _pool.copy(states[:, -1]), saved
+        _differences_and_outputs(gates, states, h0, mask_bt, first, out)
+        h_last = _pool.copy(states[:, -1])
+    saved = MinGRUSaved(x_p, gates, mask_bt, first, kernel, has_bias, go_backwards, method)
+    return out, h_last, saved
 
 
 def mingru_backward(saved, d_out, d_h_last):
@@ -205,23 +224,23 @@ def mingru_backward(saved, d_out, d_h_last):
         dx [B, T, I], dh0 [B, H], d_kernel [I, 2H], d_bias [2H] (None without bias).
     """
     v.check_saved(saved, MinGRUSaved, "mingru_forward")
-    batch, time, units = saved.states.shape
-    dtype = saved.states.dtype
+    batch, time, width = saved.gates.shape
+    units = width // 2
+    dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
     d_pre = _pool.empty((batch, time, 2 * units), dtype)
     d_bias_rows = np.zeros((batch, 2 * units))
     if saved.method == "sequential":
-        _backward_fused(saved.gates, saved.states, saved.h0, d_out, dh, saved.mask_bt,
-                        saved.first, d_pre, d_bias_rows)
+        _backward_fused(saved.gates, d_out, dh, saved.mask_bt, saved.first, d_pre,
+                        d_bias_rows)
     else:
         # g_t = d_out_t (where it is the state) + a_{t+1} g_{t+1}, g_T = d_h_last.
         seen = np.arange(time)[None, :] >= saved.first[:, None]
         d_state = np.where(seen[:, :, None], d_out, 0.0).astype(dtype)
         a = np.where(saved.mask_bt[:, :, None], 1.0 - saved.gates[:, :, :units], 1.0).astype(dtype)
         g = run_scan(a, d_state, dh, np.empty_like(a), True, "blelloch")
-        _backward_from_scan(saved.gates, saved.states, saved.h0, g, saved.mask_bt, d_pre,
-                            d_bias_rows)
+        _backward_from_scan(saved.gates, g, saved.mask_bt, d_pre, d_bias_rows)
         dh = a[:, 0] * g[:, 0]
     d_pre2 = d_pre.reshape(batch * time, 2 * units)
     dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
@@ -232,15 +251,13 @@ def mingru_backward(saved, d_out, d_h_last):
     return dx, dh, d_kernel, d_bias
 
 
-def restore_saved(carried, x, h0, kernel, mask, *, has_bias, go_backwards, method="auto"):
-    """Rebuild mingru_forward's `saved` from its inputs and its carried arrays
-    (gates, states), for frameworks that pass those between two calls."""
-    gates, states = carried
-    batch, time, units = states.shape
-    h0 = v.check_state(h0, "h0", batch, units, states.dtype)
+def restore_saved(carried, x, kernel, mask, *, has_bias, go_backwards, method="auto"):
+    """Rebuild mingru_forward's `saved` from its inputs and its carried array
+    (gates), for frameworks that pass it between two calls."""
+    (gates,) = carried
+    batch, time, _ = gates.shape
     mask_bt, first = _processing_order_mask(mask, batch, time, go_backwards)
     x_p = np.ascontiguousarray(x[:, ::-1]) if go_backwards else x
     if method == "auto":
         method = choose_method(batch, time)
-    return MinGRUSaved(x_p, gates, states, h0, mask_bt, first, kernel, has_bias, go_backwards,
-                       method)
+    return MinGRUSaved(x_p, gates, mask_bt, first, kernel, has_bias, go_backwards, method)

@@ -6,9 +6,11 @@ Same signatures, semantics and layout ([B, T, .], processing order) as
 kernels/mingru/cpu.py, CuPy arrays in and out. Forward: one GEMM for both gates
 of every step, one kernel (one thread per (b, t, j)) for the gates and the
 scan's coefficients a = 1 - z, b = z h~ (a = 1, b = 0 on masked steps), then
-the scan (kernels/scan/cuda.py). Backward: the reverse scan
+the scan (kernels/scan/cuda.py), then one kernel for the outputs that also
+turns h~ into h~ - h_{t-1} in place. Backward: the reverse scan
 g_t = dL/dh_t + a_{t+1} g_{t+1}, one kernel for the gate gradients, one GEMM
-each for dx and dW. Saved per step and batch row: x_t, z | h~ (2H) and h_t (H).
+each for dx and dW. Saved per step and batch row: x_t and z | h~ - h_{t-1} (2H),
+as on the CPU.
 """
 
 from dataclasses import dataclass
@@ -52,13 +54,17 @@ def _build(F):
             b[r, t, j] = zero
 
     @cuda.jit
-    def output(states, first, out):
-        # Keras' rule: zeros before the first unmasked step, the state after it.
+    def output(states, h0, mask, first, gates, out):
+        # Keras' rule: zeros before the first unmasked step, the state after it;
+        # and h~ -> h~ - h_{t-1} in gates at unmasked steps (what the backward reads).
         i = cuda.grid(1)
         batch, time, units = states.shape
         if i >= batch * time * units:
             return
         r, t, j = row_step_unit(i, time, units)
+        if mask[r, t]:
+            hp = states[r, t - 1, j] if t > 0 else h0[r, j]
+            gates[r, t, units + j] -= hp
         out[r, t, j] = states[r, t, j] if t >= first[r] else zero
 
     @cuda.jit
@@ -73,18 +79,17 @@ def _build(F):
         d_state[r, t, j] = d_out[r, t, j] if t >= first[r] else zero
 
     @cuda.jit
-    def gate_gradients(gates, states, h0, g, mask, d_pre):
+    def gate_gradients(gates, g, mask, d_pre):
         # d_pre [B, T, 2H] = dL/d(x W + b): g (h~ - h_{t-1}) z (1 - z) | g z.
         i = cuda.grid(1)
-        batch, time, units = states.shape
+        batch, time, units = g.shape
         if i >= batch * time * units:
             return
         r, t, j = row_step_unit(i, time, units)
         if mask[r, t]:
             z = gates[r, t, j]
-            hp = states[r, t - 1, j] if t > 0 else h0[r, j]
             gt = g[r, t, j]
-            d_pre[r, t, j] = gt * (gates[r, t, units + j] - hp) * z * (one - z)
+            d_pre[r, t, j] = gt * gates[r, t, units + j] * z * (one - z)
             d_pre[r, t, units + j] = gt * z
         else:
             d_pre[r, t, j] = zero
@@ -96,9 +101,9 @@ def _build(F):
 
 KERNELS = cu.KernelSet(_build, {
     "gates_to_scan": "f3 f1 b2 f3 f3",
-    "output": "f3 i1 f3",
+    "output": "f3 f2 b2 i1 f3 f3",
     "backward_coefficients": "f3 f3 i1 b2 f3 f3",
-    "gate_gradients": "f3 f3 f2 f3 b2 f3",
+    "gate_gradients": "f3 f3 b2 f3",
 })
 
 
@@ -143,18 +148,19 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
               cu.device(a), cu.device(b))
     states = run_scan(xp, a, b, h0, xp.empty_like(a), False, method)
     out = b  # b is spent: reuse it for the outputs
-    cu.launch(k.output, n, stream, cu.device(states), cu.device(first), cu.device(out))
-    saved = MinGRUSavedCUDA(x_p, gates, states, h0, mask_bt, first, kernel, has_bias,
-                            go_backwards, method)
+    cu.launch(k.output, n, stream, cu.device(states), cu.device(h0), cu.device(mask_bt),
+              cu.device(first), cu.device(gates), cu.device(out))
+    saved = MinGRUSavedCUDA(x_p, gates, mask_bt, first, kernel, has_bias, go_backwards, method)
     return out, states[:, -1].copy(), saved
 
 
 def mingru_backward(saved, d_out, d_h_last):
     """Gradients of the CUDA mingru_forward: dx, dh0, d_kernel, d_bias (None without bias)."""
     v.check_saved(saved, MinGRUSavedCUDA, "mingru_forward (CUDA)")
-    xp = cu.array_module(saved.states, "saved")
-    batch, time, units = saved.states.shape
-    dtype = saved.states.dtype
+    xp = cu.array_module(saved.gates, "saved")
+    batch, time, width = saved.gates.shape
+    units = width // 2
+    dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype, xp)
     dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype, xp)
     k = KERNELS.get(dtype)
@@ -166,8 +172,8 @@ def mingru_backward(saved, d_out, d_h_last):
               cu.device(saved.first), cu.device(saved.mask_bt), cu.device(a), cu.device(d_state))
     g = run_scan(xp, a, d_state, dh, d_state, True, saved.method)  # in place: g_t needs only d_t
     d_pre = xp.empty((batch, time, 2 * units), dtype)
-    cu.launch(k.gate_gradients, n, stream, cu.device(saved.gates), cu.device(saved.states),
-              cu.device(saved.h0), cu.device(g), cu.device(saved.mask_bt), cu.device(d_pre))
+    cu.launch(k.gate_gradients, n, stream, cu.device(saved.gates), cu.device(g),
+              cu.device(saved.mask_bt), cu.device(d_pre))
     dh0 = a[:, 0] * g[:, 0]
     d_pre2 = d_pre.reshape(batch * time, 2 * units)
     dx = cu.matmul(xp, d_pre2, saved.kernel.T).reshape(batch, time, -1)
@@ -178,16 +184,15 @@ def mingru_backward(saved, d_out, d_h_last):
     return dx, dh0, d_kernel, d_bias
 
 
-def restore_saved(carried, x, h0, kernel, mask, *, has_bias, go_backwards, method="auto"):
+def restore_saved(carried, x, kernel, mask, *, has_bias, go_backwards, method="auto"):
     """Rebuild the CUDA mingru_forward's `saved` from its inputs and its carried
-    arrays (gates, states), as kernels/mingru/cpu.py's restore_saved does."""
+    array (gates), as kernels/mingru/cpu.py's restore_saved does."""
     xp = cu.array_module(x)
-    gates, states = carried
-    batch, time, units = states.shape
-    h0 = v.check_state(h0, "h0", batch, units, states.dtype, xp)
+    (gates,) = carried
+    batch, time, width = gates.shape
+    units = width // 2
     mask_bt, first = _processing_order_mask(xp, mask, batch, time, go_backwards)
     x_p = xp.ascontiguousarray(x[:, ::-1]) if go_backwards else x
     if method == "auto":
         method = choose_method(batch, time, units)
-    return MinGRUSavedCUDA(x_p, gates, states, h0, mask_bt, first, kernel, has_bias,
-                           go_backwards, method)
+    return MinGRUSavedCUDA(x_p, gates, mask_bt, first, kernel, has_bias, go_backwards, method)

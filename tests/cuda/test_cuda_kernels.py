@@ -221,7 +221,7 @@ def test_saved_rebuilt_from_carried_arrays(cell, rng):
     upstream = [to_device(rng.standard_normal(o.shape).astype(np.float32)) for o in outs]
     if cell.startswith("mingru"):
         rebuilt = mingru_cuda.restore_saved(
-            [saved.gates, saved.states], arrays["x"], arrays["h0"], arrays["kernel"], mask,
+            [saved.gates], arrays["x"], arrays["kernel"], mask,
             has_bias=True, go_backwards=True, method="blelloch")
         assert type(saved) is type(rebuilt) and type(saved) is not mingru_cpu.MinGRUSaved
     else:
