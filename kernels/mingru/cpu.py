@@ -27,13 +27,12 @@ from numba import njit, prange
 
 from .. import _pool
 from .. import _validate as v
-from .._cpu_common import activate, time_major_mask
+from .._cpu_common import OPTIONS, activate, time_major_mask
 from ..scan.cpu import choose_method, run_scan
 
-_opts = dict(cache=True, error_model="numpy", nogil=True)
 
 
-@njit(inline="always", **_opts)
+@njit(inline="always", **OPTIONS)
 def _gates_in_place(row, bias, units):
     # row = x_t W (2H) -> z | h~ = sigmoid(x W_z + b_z) | x W_h + b_h
     z = row[:units]
@@ -46,7 +45,7 @@ def _gates_in_place(row, bias, units):
     return z, ht
 
 
-@njit(**_opts)
+@njit(**OPTIONS)
 def _forward_fused(gates, bias, h0, h_last, out, mask, first):
     # gates [B, T, 2H]: x W on entry, z | h~ - h_{t-1} on exit (unmasked steps).
     batch, time, width = gates.shape
@@ -67,7 +66,7 @@ def _forward_fused(gates, bias, h0, h_last, out, mask, first):
                 out[r, t] = 0.0
 
 
-@njit(parallel=True, **_opts)
+@njit(parallel=True, **OPTIONS)
 def _gates_to_scan(gates, bias, mask, a, b):
     # Gate pass for the Blelloch path: z | h~ in place, a = 1 - z, b = z h~ (1, 0 if masked).
     batch, time, width = gates.shape
@@ -84,7 +83,7 @@ def _gates_to_scan(gates, bias, mask, a, b):
             b[r, t, j] = z[j] * ht[j]
 
 
-@njit(parallel=True, **_opts)
+@njit(parallel=True, **OPTIONS)
 def _differences_and_outputs(gates, states, h0, mask, first, out):
     # Blelloch path, after the scan: h~ -> h~ - h_{t-1} in gates (unmasked steps),
     # and Keras' outputs (zeros before the first unmasked step, then the state).
@@ -103,7 +102,7 @@ def _differences_and_outputs(gates, states, h0, mask, first, out):
             out[r, t] = 0.0
 
 
-@njit(inline="always", **_opts)
+@njit(inline="always", **OPTIONS)
 def _step_gradients(g, z, diff, dp, d_bias_row, units):
     # dL/d(x W_z + b_z) = g (h~ - h_{t-1}) z (1 - z);  dL/d(x W_h + b_h) = g z
     for j in range(units):
@@ -114,7 +113,7 @@ def _step_gradients(g, z, diff, dp, d_bias_row, units):
         d_bias_row[j] += dp[j]
 
 
-@njit(**_opts)
+@njit(**OPTIONS)
 def _backward_fused(gates, d_out, dh, mask, first, d_pre, d_bias_rows):
     # dh [B, H]: dL/dh_T in, dL/dh0 out. d_pre [B, T, 2H] = dL/d(x W + b).
     # d_bias_rows [B, 2H] float64: per-row column sums of d_pre (summed by the caller).
@@ -137,7 +136,7 @@ def _backward_fused(gates, d_out, dh, mask, first, d_pre, d_bias_rows):
                 g[j] *= 1.0 - z[j]
 
 
-@njit(parallel=True, **_opts)
+@njit(parallel=True, **OPTIONS)
 def _backward_from_scan(gates, g, mask, d_pre, d_bias_rows):
     # Blelloch path: g = dL/dh_t already scanned; gate gradients per step in parallel.
     batch, time, width = gates.shape

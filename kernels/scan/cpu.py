@@ -19,10 +19,11 @@ by one, which is what the backward pass needs:
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-_opts = dict(cache=True, error_model="numpy", nogil=True)
+from .._cpu_common import OPTIONS
 
 
-@njit(parallel=True, **_opts)
+
+@njit(parallel=True, **OPTIONS)
 def _sequential(a, b, h0, out, reverse):
     # forward: out_t = a_t * out_{t-1} + b_t (out_{-1} = h0)
     # reverse: out_t = b_t + a_{t+1} * out_{t+1} (out_T = h0, a_T read as 1)
@@ -49,7 +50,7 @@ def _sequential(a, b, h0, out, reverse):
                     ot[j] = carry[j]
 
 
-@njit(parallel=True, **_opts)
+@njit(parallel=True, **OPTIONS)
 def _blelloch(a, b, h0, out, reverse, chunk):
     batch, time, units = a.shape
     n_chunks = (time + chunk - 1) // chunk
