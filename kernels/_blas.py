@@ -1,7 +1,7 @@
 """One matrix product for the per-step recurrent GEMMs inside @njit kernels.
 
 `gemm(a, b, out, accumulate)` computes ``out = a @ b`` (or ``out += a @ b``) for
-C-contiguous 2-D arrays of one float dtype.
+C-contiguous 2-D arrays of one float dtype; `gemm_tn` the same with ``a.T``.
 
 Numba's own ``np.dot`` goes through SciPy's bundled OpenBLAS. NumPy's wheels
 bundle a newer OpenBLAS whose small-matrix sgemm measured about twice as fast
@@ -24,6 +24,7 @@ from numba.extending import overload
 
 _ROW_MAJOR = 101
 _NO_TRANS = 111
+_TRANS = 112
 
 _SIGNATURES = {
     "s": types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
@@ -39,10 +40,13 @@ _dgemm = types.ExternalFunction("fastrnn_cblas_dgemm", _SIGNATURES["d"])
 
 
 def _fallback(dtype):
-    # Row-major, no transposes, contiguous operands: all the kernels ever ask for.
+    # Row-major, contiguous operands, a possibly transposed: all the kernels ever ask for.
     @cfunc(_SIGNATURES["s" if dtype == np.float32 else "d"], cache=True)
     def gemm(order, trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc):
-        a = carray(a_ptr, (m, k), dtype)
+        if trans_a == _TRANS:
+            a = np.ascontiguousarray(carray(a_ptr, (k, m), dtype).T)
+        else:
+            a = carray(a_ptr, (m, k), dtype)
         b = carray(b_ptr, (k, n), dtype)
         c = carray(c_ptr, (m, n), dtype)
         if beta == 0.0:
@@ -99,6 +103,26 @@ def _gemm_impl(a, b, out, accumulate):
         m, k = a.shape
         n = b.shape[1]
         blas(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, scalar(1.0), a.ctypes, k,
+             b.ctypes, n, scalar(accumulate), out.ctypes, n)
+
+    return impl
+
+
+def gemm_tn(a, b, out, accumulate):
+    """out = a.T @ b, or out += a.T @ b when accumulate; a [K, M], b [K, N] and out
+    [M, N] C-contiguous, one dtype. Callable from @njit code only."""
+    raise NotImplementedError("fastrnn.kernels._blas.gemm_tn is callable from @njit code only")
+
+
+@overload(gemm_tn, inline="always")
+def _gemm_tn_impl(a, b, out, accumulate):
+    blas = _sgemm if a.dtype == types.float32 else _dgemm
+    scalar = np.float32 if a.dtype == types.float32 else np.float64
+
+    def impl(a, b, out, accumulate):
+        k, m = a.shape
+        n = b.shape[1]
+        blas(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, scalar(1.0), a.ctypes, m,
              b.ctypes, n, scalar(accumulate), out.ctypes, n)
 
     return impl

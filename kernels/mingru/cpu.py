@@ -27,9 +27,16 @@ from numba import njit, prange
 
 from .. import _pool
 from .. import _validate as v
+from .._blas import gemm, gemm_tn
 from .._cpu_common import OPTIONS, activate, time_major_mask
 from ..scan.cpu import choose_method, run_scan
 
+
+
+# The backward's fused pass and its two GEMMs go through the batch this many bytes of
+# gradient at a time (about one core's L2), so that the GEMMs read the gradient from
+# cache instead of memory: 15.5 -> 13.7 ms for the B16 T1024 H128 backward here.
+BLOCK_BYTES = 1 << 20
 
 
 @njit(inline="always", **OPTIONS)
@@ -136,6 +143,26 @@ def _backward_fused(gates, d_out, dh, mask, first, d_pre, d_bias_rows):
                 g[j] *= 1.0 - z[j]
 
 
+@njit(**OPTIONS)
+def _backward_blocks(gates, d_out, dh, mask, first, x_p, kernel_t, rows, d_pre, dx, d_kernel,
+                     d_bias_rows):
+    # The sequential backward a block of `rows` batch rows at a time: the fused pass
+    # writes the block's dL/d(x W + b) into the scratch d_pre [rows, T, 2H], and the
+    # two GEMMs that need it (dx, and d_kernel accumulated over blocks) read it while
+    # it is still in cache. d_kernel [I, 2H] is overwritten.
+    batch, time, width = gates.shape
+    inputs = x_p.shape[2]
+    for r0 in range(0, batch, rows):
+        r1 = min(batch, r0 + rows)
+        n = r1 - r0
+        dp = d_pre[:n]
+        _backward_fused(gates[r0:r1], d_out[r0:r1], dh[r0:r1], mask[r0:r1], first[r0:r1], dp,
+                        d_bias_rows[r0:r1])
+        dp2 = dp.reshape(n * time, width)
+        gemm(dp2, kernel_t, dx[r0:r1].reshape(n * time, inputs), False)
+        gemm_tn(x_p[r0:r1].reshape(n * time, inputs), dp2, d_kernel, r0 > 0)
+
+
 @njit(parallel=True, **OPTIONS)
 def _backward_from_scan(gates, g, mask, d_pre, d_bias_rows):
     # Blelloch path: g = dL/dh_t already scanned; gate gradients per step in parallel.
@@ -228,24 +255,29 @@ def mingru_backward(saved, d_out, d_h_last):
     dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
-    d_pre = _pool.empty((batch, time, 2 * units), dtype)
     d_bias_rows = np.zeros((batch, 2 * units))
     if saved.method == "sequential":
-        _backward_fused(saved.gates, d_out, dh, saved.mask_bt, saved.first, d_pre,
-                        d_bias_rows)
+        rows = max(1, BLOCK_BYTES // (time * 2 * units * dtype.itemsize))
+        d_pre = _pool.empty((min(rows, batch), time, 2 * units), dtype)
+        dx = _pool.empty(saved.x_p.shape, dtype)
+        d_kernel = _pool.empty(saved.kernel.shape, dtype)
+        _backward_blocks(saved.gates, d_out, dh, saved.mask_bt, saved.first, saved.x_p,
+                         np.ascontiguousarray(saved.kernel.T), rows, d_pre, dx, d_kernel,
+                         d_bias_rows)
     else:
         # g_t = d_out_t (where it is the state) + a_{t+1} g_{t+1}, g_T = d_h_last.
+        d_pre = _pool.empty((batch, time, 2 * units), dtype)
         seen = np.arange(time)[None, :] >= saved.first[:, None]
         d_state = np.where(seen[:, :, None], d_out, 0.0).astype(dtype)
         a = np.where(saved.mask_bt[:, :, None], 1.0 - saved.gates[:, :, :units], 1.0).astype(dtype)
         g = run_scan(a, d_state, dh, np.empty_like(a), True, "blelloch")
         _backward_from_scan(saved.gates, g, saved.mask_bt, d_pre, d_bias_rows)
-        dh = a[:, 0] * g[:, 0]
-    d_pre2 = d_pre.reshape(batch * time, 2 * units)
-    dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
+        dh = _pool.copy(a[:, 0] * g[:, 0])
+        d_pre2 = d_pre.reshape(batch * time, 2 * units)
+        dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
+        d_kernel = _pool.matmul_tn(saved.x_p.reshape(batch * time, -1), d_pre2)
     if saved.go_backwards:
         dx = _pool.ascontiguous(dx[:, ::-1])
-    d_kernel = _pool.matmul_tn(saved.x_p.reshape(batch * time, -1), d_pre2)
     d_bias = d_bias_rows.sum(axis=0).astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_bias
 

@@ -1,13 +1,55 @@
-"""The process-wide OpenBLAS thread count the layers lower for small calls
-(kernels/_blas.py), and kernels that release the GIL."""
+"""kernels/_blas.py: the GEMM bindings (NumPy's CBLAS, or the SciPy fallback), the
+process-wide OpenBLAS thread count the layers lower for small calls, and kernels
+that release the GIL."""
 
+import ctypes
 import threading
 
 import numpy as np
 import pytest
+from numba import njit
 
 from fastrnn import kernels
 from fastrnn.kernels import _blas
+
+
+@njit
+def _products(a, b, c, out_nn, out_tn):
+    _blas.gemm(a, b, out_nn, False)
+    _blas.gemm(a, b, out_nn, True)       # accumulates: 2 a @ b
+    _blas.gemm_tn(c, b, out_tn, False)   # c.T @ b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_bindings(dtype):
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((5, 3), (3, 4), (3, 5)))
+    out_nn, out_tn = np.empty((5, 4), dtype), np.empty((5, 4), dtype)
+    _products(a, b, c, out_nn, out_tn)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out_nn, 2 * a @ b, rtol=tol)
+    np.testing.assert_allclose(out_tn, c.T @ b, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_scipy_fallback_gemm(dtype, trans_a):
+    # The cfunc bound where NumPy exports no CBLAS: called here through ctypes with
+    # the CBLAS arguments the kernels pass.
+    rng = np.random.default_rng(1)
+    m, n, k = 4, 3, 5
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                          ctypes.c_int64, ctypes.c_int64, scalar, ctypes.c_void_p,
+                          ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, scalar,
+                          ctypes.c_void_p, ctypes.c_int64)(_blas._fallback(dtype))
+    want = (a.T if trans_a else a) @ b + c
+    fn(101, 112 if trans_a else 111, 111, m, n, k, 1.0, a.ctypes.data, m if trans_a else k,
+       b.ctypes.data, n, 1.0, c.ctypes.data, n)
+    np.testing.assert_allclose(c, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
 @pytest.mark.skipif(_blas._set_threads is None, reason="NumPy's BLAS is not OpenBLAS")

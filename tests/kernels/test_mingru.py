@@ -37,6 +37,22 @@ def test_matches_reference(rng, shape, mask_kind, go_backwards, method, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("rows", [1, 2])
+def test_backward_in_blocks_of_rows(rng, monkeypatch, rows, mask_kind, go_backwards, dtype):
+    # The sequential backward goes through the batch BLOCK_BYTES of gradient at a
+    # time; blocks of 1 and 2 rows over 5 rows (the last block short) against the
+    # reference, with and without bias.
+    from fastrnn.kernels.mingru import cpu
+
+    B, T, I, H = 5, 9, 3, 4
+    monkeypatch.setattr(cpu, "BLOCK_BYTES", rows * T * 2 * H * np.dtype(dtype).itemsize)
+    check(rng, (B, T, I, H), dtype, mask_kind, go_backwards, "sequential",
+          use_bias=rows == 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_no_bias_no_initial_state(rng, dtype):
     check(rng, (3, 11, 4, 6), dtype, "holes", False, "auto", use_bias=False, use_h0=False)
 
