@@ -67,6 +67,24 @@ def activation_grad(code, y, out):
             out[i] = 1.0
 
 
+# The recurrent cells' backward passes (GRU reset_after, LSTM, SimpleRNN) keep their
+# per-step gradients in a scratch of at most this many bytes and, each time it is
+# full, turn it into its share of dx and the weight gradients with three GEMMs. So no
+# [T, B, G*H] gradient array is allocated however long the sequence (GRU(256) at B64
+# T1000 used 2 x 196 MB for it). Measured here: blocks of 1-4 MiB, sized for the
+# caches, were 5-10% slower than one block (many small GEMMs lose more than the cache
+# gains); 16 MiB ran as fast as one block. minGRU, with no per-step GEMM, does gain
+# from cache-sized blocks (mingru/cpu.py).
+BLOCK_BYTES = 1 << 24
+
+
+def per_block(bytes_each, n, block_bytes=None):
+    """How many of n items (steps, or batch rows) of bytes_each make one block of a
+    blocked backward pass: block_bytes' worth (BLOCK_BYTES by default), at least 1."""
+    block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
+    return max(1, min(n, block_bytes // max(1, bytes_each)))
+
+
 def to_time_major(x, go_backwards):
     """[B, T, F] -> C-contiguous [T, B, F] in processing order (one copy)."""
     if go_backwards:

@@ -24,11 +24,12 @@ import numpy as np
 
 from .. import _pool
 from .. import _validate as v
-from .._blas import gemm
+from .._blas import gemm, gemm_tn
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    per_block,
     from_time_major,
     jit,
     masked_output_rows,
@@ -80,60 +81,76 @@ def _forward_reset_after(gates, recurrent_kernel, b_sum, b_in, b_rec, states, hh
 
 
 @jit
-def _backward_reset_after(gates, hh_saved, states, d_out, dh, recurrent_kernel_t, mask, first,
-                          act, ract, d_xw, d_hu, d_b_in, d_b_hh):
-    # d_xw [T, B, 3H] = dL/d(x W + b_in); d_hu [T, B, 3H] = dL/d(h U + b_rec).
+def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t,
+                          mask, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
+                          d_recurrent, d_b_in, d_b_hh):
+    # Time runs backward in blocks of `steps` steps. Within a block, d_xw and d_hu
+    # [steps, B, 3H] (scratch, indexed t - block start) get dL/d(x W + b_in) and
+    # dL/d(h U + b_rec); after it, while they are still in cache, three GEMMs turn
+    # them into the block's dx_tm [T, B, I] rows and add the block's share of
+    # d_kernel [I, 3H] and d_recurrent [H, 3H] (both overwritten by the first block).
     # d_b_in [3H] += column sums of d_xw; d_b_hh [H] += those of d_hu's h block (float64).
     time, batch, width = gates.shape
     units = width // 3
+    inputs = x_tm.shape[2]
     rec = np.empty((batch, units), dh.dtype)
     d_pre = np.empty(width, dh.dtype)  # d_pz | d_pr | d_pc for one row
     dp_z = d_pre[:units]
     dp_r = d_pre[units:2 * units]
     dp_c = d_pre[2 * units:]
-    for t in range(time - 1, -1, -1):
-        add_output_grad(dh, d_out, mask, first, t)
-        for b in range(batch):
-            dx_row = d_xw[t, b]
-            du_row = d_hu[t, b]
-            if not mask[t, b]:
-                dx_row[:] = 0.0
-                du_row[:] = 0.0
-                continue
-            g = gates[t, b]
-            z = g[:units]
-            r = g[units:2 * units]
-            c = g[2 * units:]
-            hh = hh_saved[t, b]
-            h_prev = states[t, b]
-            dhb = dh[b]
-            activation_grad(ract, g[:2 * units], d_pre[:2 * units])
-            activation_grad(act, c, dp_c)
-            for j in range(units):
-                dp_c[j] *= dhb[j] * (1.0 - z[j])
-            for j in range(units):
-                dp_z[j] *= dhb[j] * (h_prev[j] - c[j])
-            for j in range(units):
-                dp_r[j] *= dp_c[j] * hh[j]
-            for j in range(width):
-                dx_row[j] = d_pre[j]
-            for j in range(width):
-                du_row[j] = d_pre[j]
-            for j in range(units):
-                du_row[2 * units + j] *= r[j]
-            for j in range(units):
-                dhb[j] *= z[j]
-            for j in range(width):
-                d_b_in[j] += d_pre[j]
-            for j in range(units):
-                d_b_hh[j] += du_row[2 * units + j]
-        gemm(d_hu[t], recurrent_kernel_t, rec, False)
-        for b in range(batch):
-            if mask[t, b]:
+    hi = time
+    while hi > 0:
+        lo = max(0, hi - steps)
+        for t in range(hi - 1, lo - 1, -1):
+            add_output_grad(dh, d_out, mask, first, t)
+            for b in range(batch):
+                dx_row = d_xw[t - lo, b]
+                du_row = d_hu[t - lo, b]
+                if not mask[t, b]:
+                    dx_row[:] = 0.0
+                    du_row[:] = 0.0
+                    continue
+                g = gates[t, b]
+                z = g[:units]
+                r = g[units:2 * units]
+                c = g[2 * units:]
+                hh = hh_saved[t, b]
+                h_prev = states[t, b]
                 dhb = dh[b]
-                rb = rec[b]
+                activation_grad(ract, g[:2 * units], d_pre[:2 * units])
+                activation_grad(act, c, dp_c)
                 for j in range(units):
-                    dhb[j] += rb[j]
+                    dp_c[j] *= dhb[j] * (1.0 - z[j])
+                for j in range(units):
+                    dp_z[j] *= dhb[j] * (h_prev[j] - c[j])
+                for j in range(units):
+                    dp_r[j] *= dp_c[j] * hh[j]
+                for j in range(width):
+                    dx_row[j] = d_pre[j]
+                for j in range(width):
+                    du_row[j] = d_pre[j]
+                for j in range(units):
+                    du_row[2 * units + j] *= r[j]
+                for j in range(units):
+                    dhb[j] *= z[j]
+                for j in range(width):
+                    d_b_in[j] += d_pre[j]
+                for j in range(units):
+                    d_b_hh[j] += du_row[2 * units + j]
+            gemm(d_hu[t - lo], recurrent_kernel_t, rec, False)
+            for b in range(batch):
+                if mask[t, b]:
+                    dhb = dh[b]
+                    rb = rec[b]
+                    for j in range(units):
+                        dhb[j] += rb[j]
+        n = (hi - lo) * batch
+        dxw2 = d_xw[:hi - lo].reshape(n, width)
+        gemm(dxw2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
+        gemm_tn(x_tm[lo:hi].reshape(n, inputs), dxw2, d_kernel, hi < time)
+        gemm_tn(states[lo:hi].reshape(n, units), d_hu[:hi - lo].reshape(n, width), d_recurrent,
+                hi < time)
+        hi = lo
 
 
 @jit
@@ -343,33 +360,40 @@ def gru_backward(saved, d_out, d_h_last):
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
     rk = saved.recurrent_kernel
-    d_xw = _pool.empty((time, batch, width), dtype)
-    h_prev = saved.states[:time].reshape(time * batch, units)
-    d_xw2 = d_xw.reshape(time * batch, width)
     d_b_in = np.zeros(width)  # bias gradients accumulate in float64 inside the loop
     if saved.reset_after:
-        d_hu = _pool.empty((time, batch, width), dtype)
+        inputs = saved.x_tm.shape[2]
+        steps = per_block(batch * width * dtype.itemsize, time)
+        d_xw = _pool.empty((steps, batch, width), dtype)
+        d_hu = _pool.empty((steps, batch, width), dtype)
+        dx_tm = _pool.empty((time, batch, inputs), dtype)
+        d_kernel = _pool.empty((inputs, width), dtype)
+        d_recurrent = _pool.empty((units, width), dtype)
         d_b_hh = np.zeros(units)
-        _backward_reset_after(saved.gates, saved.extra, saved.states, d_out, dh,
-                              np.ascontiguousarray(rk.T), saved.mask, saved.first,
-                              saved.act, saved.ract, d_xw, d_hu, d_b_in, d_b_hh)
-        d_recurrent = _pool.matmul_tn(h_prev, d_hu.reshape(time * batch, width))
+        _backward_reset_after(saved.gates, saved.extra, saved.states, saved.x_tm, d_out, dh,
+                              np.ascontiguousarray(rk.T), np.ascontiguousarray(saved.kernel.T),
+                              saved.mask, saved.first, saved.act, saved.ract, steps, d_xw, d_hu,
+                              dx_tm, d_kernel, d_recurrent, d_b_in, d_b_hh)
         d_bias = np.empty((2, width), dtype)
         d_bias[0] = d_b_in
         d_bias[1, :2 * units] = d_b_in[:2 * units]
         d_bias[1, 2 * units:] = d_b_hh
     else:
+        d_xw = _pool.empty((time, batch, width), dtype)
+        d_xw2 = d_xw.reshape(time * batch, width)
         _backward_reset_before(saved.gates, saved.states, d_out, dh,
                                np.ascontiguousarray(rk[:, :2 * units].T),
                                np.ascontiguousarray(rk[:, 2 * units:].T),
                                saved.mask, saved.first, saved.act, saved.ract, d_xw, d_b_in)
+        h_prev = saved.states[:time].reshape(time * batch, units)
         d_recurrent = _pool.empty(rk.shape, rk.dtype)
         d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]
-        d_recurrent[:, 2 * units:] = saved.extra.reshape(time * batch, units).T @ d_xw2[:, 2 * units:]
+        rh = saved.extra.reshape(time * batch, units)  # r * h_{t-1}
+        d_recurrent[:, 2 * units:] = rh.T @ d_xw2[:, 2 * units:]
         d_bias = d_b_in.astype(dtype)
+        dx_tm = _pool.matmul(d_xw2, saved.kernel.T).reshape(time, batch, -1)
+        d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), d_xw2)
     if not saved.has_bias:
         d_bias = None
-    dx = from_time_major(_pool.matmul(d_xw2, saved.kernel.T).reshape(time, batch, -1),
-                         saved.go_backwards)
-    d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), d_xw2)
+    dx = from_time_major(dx_tm, saved.go_backwards)
     return dx, dh, d_kernel, d_recurrent, d_bias

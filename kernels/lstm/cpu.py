@@ -18,11 +18,12 @@ import numpy as np
 
 from .. import _pool
 from .. import _validate as v
-from .._blas import gemm
+from .._blas import gemm, gemm_tn
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    per_block,
     from_time_major,
     jit,
     masked_output_rows,
@@ -71,19 +72,44 @@ def _forward_kernel(gates, recurrent_kernel, bias, h_states, c_states, tanh_c, o
 
 
 @jit
-def _backward_kernel(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, mask, first,
-                     act, ract, dz, d_bias):
-    # dh, dc [B, H]: dL/dh_T, dL/dc_T on entry, dL/dh_0, dL/dc_0 on exit.
-    # dz [T, B, 4H] = dL/d(x W + h U + b); d_bias [4H] (float64) += its column sums.
+def _backward_kernel(gates, h_states, c_states, tanh_c, x_tm, d_out, dh, dc, recurrent_kernel_t,
+                     kernel_t, mask, first, act, ract, steps, dz, dx_tm, d_kernel, d_recurrent,
+                     d_bias):
+    # dh, dc [B, H]: dL/dh_T, dL/dc_T on entry, dL/dh_0, dL/dc_0 on exit. Time runs
+    # backward in blocks of `steps` steps: dz [steps, B, 4H] (scratch, indexed
+    # t - block start) = dL/d(x W + h U + b), and after each block three GEMMs turn it
+    # into the block's dx_tm [T, B, I] rows and add its share of d_kernel [I, 4H] and
+    # d_recurrent [H, 4H] (overwritten by the first block) while it is in cache.
+    # d_bias [4H] (float64) += the column sums of dz.
     time, batch, width = gates.shape
     units = width // 4
+    inputs = x_tm.shape[2]
     rec = np.empty((batch, units), dh.dtype)
     slope = np.empty(width, dh.dtype)
     slope_c = np.empty(units, dh.dtype)
-    for t in range(time - 1, -1, -1):
+    hi = time
+    while hi > 0:
+        lo = max(0, hi - steps)
+        _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, mask,
+                        first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi)
+        n = (hi - lo) * batch
+        dz2 = dz[:hi - lo].reshape(n, width)
+        gemm(dz2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
+        gemm_tn(x_tm[lo:hi].reshape(n, inputs), dz2, d_kernel, hi < time)
+        gemm_tn(h_states[lo:hi].reshape(n, units), dz2, d_recurrent, hi < time)
+        hi = lo
+
+
+@jit
+def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, mask, first,
+                    act, ract, dz, d_bias, rec, slope, slope_c, lo, hi):
+    # Steps hi-1 down to lo of the backward recurrence; dz rows indexed t - lo.
+    batch, width = dz.shape[1], dz.shape[2]
+    units = width // 4
+    for t in range(hi - 1, lo - 1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
-            dzr = dz[t, b]
+            dzr = dz[t - lo, b]
             if not mask[t, b]:
                 dzr[:] = 0.0
                 continue
@@ -114,7 +140,7 @@ def _backward_kernel(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t,
                 dcb[j] *= f[j]
             for j in range(width):
                 d_bias[j] += dzr[j]
-        gemm(dz[t], recurrent_kernel_t, rec, False)
+        gemm(dz[t - lo], recurrent_kernel_t, rec, False)
         for b in range(batch):
             if mask[t, b]:
                 dh[b] = rec[b]
@@ -198,14 +224,16 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
     dc = _pool.copy(v.check_grad(d_c_last, "d_c_last", (batch, units), dtype))
-    dz = _pool.empty((time, batch, width), dtype)
+    inputs = saved.x_tm.shape[2]
+    steps = per_block(batch * width * dtype.itemsize, time)
+    dz = _pool.empty((steps, batch, width), dtype)
+    dx_tm = _pool.empty((time, batch, inputs), dtype)
+    d_kernel = _pool.empty((inputs, width), dtype)
+    d_recurrent = _pool.empty((units, width), dtype)
     d_bias = np.zeros(width)
-    _backward_kernel(saved.gates, saved.c_states, saved.tanh_c, d_out, dh, dc,
-                     np.ascontiguousarray(saved.recurrent_kernel.T), saved.mask, saved.first,
-                     saved.act, saved.ract, dz, d_bias)
-    dz2 = dz.reshape(time * batch, width)
-    dx = from_time_major(_pool.matmul(dz2, saved.kernel.T).reshape(time, batch, -1),
-                         saved.go_backwards)
-    d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), dz2)
-    d_recurrent = _pool.matmul_tn(saved.h_states[:time].reshape(time * batch, units), dz2)
+    _backward_kernel(saved.gates, saved.h_states, saved.c_states, saved.tanh_c, saved.x_tm, d_out,
+                     dh, dc, np.ascontiguousarray(saved.recurrent_kernel.T),
+                     np.ascontiguousarray(saved.kernel.T), saved.mask, saved.first, saved.act,
+                     saved.ract, steps, dz, dx_tm, d_kernel, d_recurrent, d_bias)
+    dx = from_time_major(dx_tm, saved.go_backwards)
     return dx, dh, dc, d_kernel, d_recurrent, d_bias.astype(dtype) if saved.has_bias else None

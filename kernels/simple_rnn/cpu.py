@@ -16,11 +16,12 @@ import numpy as np
 
 from .. import _pool
 from .. import _validate as v
-from .._blas import gemm
+from .._blas import gemm, gemm_tn
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    per_block,
     from_time_major,
     jit,
     masked_output_rows,
@@ -57,30 +58,52 @@ def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act, r
 
 
 @jit
-def _backward_kernel(states, d_out, dh, recurrent_kernel_t, mask, first, act, d_pre, d_bias,
-                     rec_mask):
-    # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit; d_pre [T, B, H] out;
-    # d_bias [H] (float64) += column sums of d_pre.
-    time, batch, units = d_pre.shape
+def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask, first, act,
+                     rec_mask, steps, d_pre, h_masked, dx_tm, d_kernel, d_recurrent, d_bias):
+    # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit. Time runs backward in
+    # blocks of `steps` steps: d_pre [steps, B, H] (scratch, indexed t - block start)
+    # = dL/d(pre-activation), and after each block three GEMMs turn it into the
+    # block's dx_tm [T, B, I] rows and add its share of d_kernel [I, H] and
+    # d_recurrent [H, H] (overwritten by the first block) while it is in cache.
+    # h_masked [steps, B, H]: scratch for h_{t-1} * m under recurrent dropout.
+    # d_bias [H] (float64) += the column sums of d_pre.
+    time, batch, units = states.shape[0] - 1, states.shape[1], states.shape[2]
+    inputs = x_tm.shape[2]
     rec = np.empty((batch, units), dh.dtype)
-    for t in range(time - 1, -1, -1):
-        add_output_grad(dh, d_out, mask, first, t)
-        for b in range(batch):
-            row = d_pre[t, b]
-            if mask[t, b]:
-                activation_grad(act, states[t + 1, b], row)
-                for j in range(units):
-                    row[j] *= dh[b, j]
-                    d_bias[j] += row[j]
-            else:
-                row[:] = 0.0
-        gemm(d_pre[t], recurrent_kernel_t, rec, False)
-        for b in range(batch):
-            if mask[t, b]:
-                dh[b] = rec[b]
-                if rec_mask.size:
+    hi = time
+    while hi > 0:
+        lo = max(0, hi - steps)
+        for t in range(hi - 1, lo - 1, -1):
+            add_output_grad(dh, d_out, mask, first, t)
+            for b in range(batch):
+                row = d_pre[t - lo, b]
+                if mask[t, b]:
+                    activation_grad(act, states[t + 1, b], row)
                     for j in range(units):
-                        dh[b, j] *= rec_mask[b, j]
+                        row[j] *= dh[b, j]
+                        d_bias[j] += row[j]
+                else:
+                    row[:] = 0.0
+            gemm(d_pre[t - lo], recurrent_kernel_t, rec, False)
+            for b in range(batch):
+                if mask[t, b]:
+                    dh[b] = rec[b]
+                    if rec_mask.size:
+                        for j in range(units):
+                            dh[b, j] *= rec_mask[b, j]
+        n = (hi - lo) * batch
+        dp2 = d_pre[:hi - lo].reshape(n, units)
+        gemm(dp2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
+        gemm_tn(x_tm[lo:hi].reshape(n, inputs), dp2, d_kernel, hi < time)
+        h_prev = states[lo:hi]
+        if rec_mask.size:
+            for t in range(lo, hi):
+                for b in range(batch):
+                    for j in range(units):
+                        h_masked[t - lo, b, j] = states[t, b, j] * rec_mask[b, j]
+            h_prev = h_masked[:hi - lo]
+        gemm_tn(h_prev.reshape(n, units), dp2, d_recurrent, hi < time)
+        hi = lo
 
 
 @dataclass(eq=False)
@@ -159,17 +182,19 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
 
-    d_pre = _pool.empty((time, batch, units), dtype)
+    inputs = saved.x_tm.shape[2]
+    steps = per_block(batch * units * dtype.itemsize, time)
+    d_pre = _pool.empty((steps, batch, units), dtype)
+    h_masked = _pool.empty((steps if saved.recurrent_mask.size else 0, batch, units), dtype)
+    dx_tm = _pool.empty((time, batch, inputs), dtype)
+    d_kernel = _pool.empty((inputs, units), dtype)
+    d_recurrent = _pool.empty((units, units), dtype)
     d_bias = np.zeros(units)  # accumulated in float64 inside the loop
-    _backward_kernel(saved.states, d_out, dh, np.ascontiguousarray(saved.recurrent_kernel.T),
-                     saved.mask, saved.first, saved.act, d_pre, d_bias, saved.recurrent_mask)
-    d_pre2 = d_pre.reshape(time * batch, units)
-    dx = from_time_major(_pool.matmul(d_pre2, saved.kernel.T).reshape(time, batch, -1),
-                         saved.go_backwards)
-    d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), d_pre2)
-    h_prev = saved.states[:time]
-    if saved.recurrent_mask.size:
-        h_prev = h_prev * saved.recurrent_mask
-    d_recurrent = _pool.matmul_tn(h_prev.reshape(time * batch, units), d_pre2)
+    _backward_kernel(saved.states, saved.x_tm, d_out, dh,
+                     np.ascontiguousarray(saved.recurrent_kernel.T),
+                     np.ascontiguousarray(saved.kernel.T), saved.mask, saved.first, saved.act,
+                     saved.recurrent_mask, steps, d_pre, h_masked, dx_tm, d_kernel, d_recurrent,
+                     d_bias)
+    dx = from_time_major(dx_tm, saved.go_backwards)
     d_bias = d_bias.astype(dtype) if saved.has_bias else None
     return dx, dh, d_kernel, d_recurrent, d_bias

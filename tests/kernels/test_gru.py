@@ -90,3 +90,20 @@ def test_reference_matches_keras_equations_by_hand():
     for fwd in (reference.gru_forward, kernels.gru_forward):
         out, h, _ = fwd(x, h0, W, U, b)
         np.testing.assert_allclose(out[0, 0, 0], want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("steps", [1, 3])
+def test_backward_in_blocks_of_steps(rng, monkeypatch, steps, mask_kind, go_backwards, dtype):
+    # The backward hands its gradients to the dx and weight GEMMs a block of steps
+    # at a time (_cpu_common.BLOCK_BYTES); blocks of 1 and 3 steps over T=7 (the
+    # last block short) against the reference.
+    from fastrnn.kernels import _cpu_common
+
+    B, T, I, H = 3, 7, 4, 5
+    monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 3 * H * np.dtype(dtype).itemsize)
+    for reset_after in (True, False):
+        check(rng, (B, T, I, H), dtype, mask_kind, go_backwards, reset_after,
+              use_bias=steps == 1)

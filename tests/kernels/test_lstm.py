@@ -79,3 +79,18 @@ def test_validation():
         kernels.lstm_forward(x, None, np.ones((2, 4)), np.ones((4, 20)), np.ones((5, 20)), None)
     with pytest.raises(ValueError, match=r"bias must have shape \(20,\)"):
         kernels.lstm_forward(x, None, None, np.ones((4, 20)), np.ones((5, 20)), np.ones(5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("steps", [1, 3])
+def test_backward_in_blocks_of_steps(rng, monkeypatch, steps, mask_kind, go_backwards, dtype):
+    # The backward hands its gradients to the dx and weight GEMMs a block of steps
+    # at a time (_cpu_common.BLOCK_BYTES); blocks of 1 and 3 steps over T=7 (the
+    # last block short) against the reference.
+    from fastrnn.kernels import _cpu_common
+
+    B, T, I, H = 3, 7, 4, 5
+    monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 4 * H * np.dtype(dtype).itemsize)
+    check(rng, (B, T, I, H), dtype, mask_kind, go_backwards, use_bias=steps == 1)

@@ -110,3 +110,26 @@ def test_recurrent_mask_validation():
     with pytest.raises(ValueError, match=r"recurrent_mask.*\(2, 4\).*\(2, 3\)"):
         kernels.simple_rnn_forward(x, None, np.ones((1, 4)), np.ones((4, 4)), None,
                                    recurrent_mask=np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("steps", [1, 3])
+def test_backward_in_blocks_of_steps(rng, monkeypatch, steps, mask_kind, go_backwards, dtype):
+    # The backward hands its gradients to the dx and weight GEMMs a block of steps
+    # at a time (_cpu_common.BLOCK_BYTES); blocks of 1 and 3 steps over T=7 (the
+    # last block short) against the reference.
+    from fastrnn.kernels import _cpu_common
+
+    B, T, I, H = 3, 7, 4, 5
+    monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * H * np.dtype(dtype).itemsize)
+    check_against_reference(rng, (B, T, I, H), dtype, mask_kind, go_backwards, "tanh",
+                            use_bias=steps == 1)
+    x, h0, W, U, b = _case(rng, (B, T, I, H), dtype)
+    m = ((rng.random((B, H)) > 0.4) / 0.6).astype(dtype)  # and under recurrent dropout
+    check_kernel_against_reference(
+        kernels.simple_rnn_forward, kernels.simple_rnn_backward,
+        reference.simple_rnn_forward, reference.simple_rnn_backward,
+        dict(x=x, h0=h0, kernel=W, recurrent_kernel=U, bias=b), dtype, rng,
+        mask=make_mask(mask_kind, B, T, rng), go_backwards=go_backwards, recurrent_mask=m)
