@@ -21,7 +21,11 @@ _MIN_BYTES = 1 << 20          # smaller arrays are never pooled
 # returns without copying it only when its data is aligned to EIGEN_MAX_ALIGN_BYTES
 # (64); otherwise it copies it (measured: a 40 MB unaligned result cost 27 ms, an
 # aligned one 0.45 ms, TF 2.21 here). NumPy's own allocations are 16-byte aligned.
+# Below 64 KiB the alignment itself (about 3 us: the buffer's address is read
+# through ndarray.ctypes) costs more than TensorFlow's copy, and a kernel call makes
+# a dozen such arrays, so small arrays are plain numpy.empty.
 ALIGN = 64
+_ALIGN_MIN_BYTES = 1 << 16
 _MAX_IDLE_BYTES = 1 << 29     # at most 512 MiB kept while unused
 _MAX_BUFFERS = 64             # beyond this, the oldest buffers still in use leave the pool
 _lock = threading.Lock()
@@ -39,9 +43,12 @@ def _aligned(raw, nbytes, dtype, shape):
 
 
 def empty(shape, dtype):
-    """Like numpy.empty, 64-byte aligned, possibly reusing an idle pooled buffer."""
+    """Like numpy.empty, 64-byte aligned from 64 KiB on, possibly reusing an idle
+    pooled buffer (from 1 MiB on)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < _ALIGN_MIN_BYTES:
+        return np.empty(shape, dtype)
     if nbytes < _MIN_BYTES:
         return _aligned(np.empty(nbytes + ALIGN, np.uint8), nbytes, dtype, shape)
     with _lock:
