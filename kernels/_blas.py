@@ -94,38 +94,32 @@ def gemm(a, b, out, accumulate):
     raise NotImplementedError("fastrnn.kernels._blas.gemm is callable from @njit code only")
 
 
-@overload(gemm, inline="always")
-def _gemm_impl(a, b, out, accumulate):
-    blas = _sgemm if a.dtype == types.float32 else _dgemm
-    scalar = np.float32 if a.dtype == types.float32 else np.float64
-
-    def impl(a, b, out, accumulate):
-        m, k = a.shape
-        n = b.shape[1]
-        blas(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, scalar(1.0), a.ctypes, k,
-             b.ctypes, n, scalar(accumulate), out.ctypes, n)
-
-    return impl
-
-
 def gemm_tn(a, b, out, accumulate):
     """out = a.T @ b, or out += a.T @ b when accumulate; a [K, M], b [K, N] and out
     [M, N] C-contiguous, one dtype. Callable from @njit code only."""
     raise NotImplementedError("fastrnn.kernels._blas.gemm_tn is callable from @njit code only")
 
 
-@overload(gemm_tn, inline="always")
-def _gemm_tn_impl(a, b, out, accumulate):
-    blas = _sgemm if a.dtype == types.float32 else _dgemm
-    scalar = np.float32 if a.dtype == types.float32 else np.float64
+def _overload_gemm(fn, trans_a):
+    @overload(fn, inline="always")
+    def _impl(a, b, out, accumulate):
+        blas = _sgemm if a.dtype == types.float32 else _dgemm
+        scalar = np.float32 if a.dtype == types.float32 else np.float64
+        trans = _TRANS if trans_a else _NO_TRANS
 
-    def impl(a, b, out, accumulate):
-        k, m = a.shape
-        n = b.shape[1]
-        blas(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, scalar(1.0), a.ctypes, m,
-             b.ctypes, n, scalar(accumulate), out.ctypes, n)
+        def impl(a, b, out, accumulate):
+            # a is stored row-major either way, so its leading dimension is its row length.
+            rows, cols = a.shape
+            m, k = (cols, rows) if trans_a else (rows, cols)
+            n = b.shape[1]
+            blas(_ROW_MAJOR, trans, _NO_TRANS, m, n, k, scalar(1.0), a.ctypes, cols,
+                 b.ctypes, n, scalar(accumulate), out.ctypes, n)
 
-    return impl
+        return impl
+
+
+_overload_gemm(gemm, trans_a=False)
+_overload_gemm(gemm_tn, trans_a=True)
 
 
 def _threads_setter():

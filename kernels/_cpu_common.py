@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from . import _pool
+from ._blas import gemm, gemm_tn
 from ._math import sigmoid as fast_sigmoid
 from ._math import tanh as fast_tanh
 
@@ -134,3 +135,18 @@ def add_output_grad(dh, d_out, mask, first, t):
         if t >= first[b]:
             for j in range(units):
                 dh[b, j] += d_out[b, t, j]
+
+
+@jit
+def block_gradients(d_x, d_h, h_prev, x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel,
+                    d_recurrent):
+    """After a blocked backward pass has done steps lo..hi-1: dx_tm[lo:hi] = d_x W^T,
+    d_kernel += x^T d_x and d_recurrent += h_prev^T d_h, the block's gradients still
+    in cache. d_x = dL/d(x W + b), d_h = dL/d(h U + b) [hi-lo, B, G*H]; h_prev
+    [hi-lo, B, H]. The first block (hi == time) overwrites the weight gradients."""
+    n = (hi - lo) * d_x.shape[1]
+    width, inputs, units = d_x.shape[2], x_tm.shape[2], h_prev.shape[2]
+    dx2 = d_x.reshape(n, width)
+    gemm(dx2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
+    gemm_tn(x_tm[lo:hi].reshape(n, inputs), dx2, d_kernel, hi < time)
+    gemm_tn(h_prev.reshape(n, units), d_h.reshape(n, width), d_recurrent, hi < time)

@@ -24,11 +24,12 @@ import numpy as np
 
 from .. import _pool
 from .. import _validate as v
-from .._blas import gemm, gemm_tn
+from .._blas import gemm
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    block_gradients,
     per_block,
     from_time_major,
     jit,
@@ -92,7 +93,6 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
     # d_b_in [3H] += column sums of d_xw; d_b_hh [H] += those of d_hu's h block (float64).
     time, batch, width = gates.shape
     units = width // 3
-    inputs = x_tm.shape[2]
     rec = np.empty((batch, units), dh.dtype)
     d_pre = np.empty(width, dh.dtype)  # d_pz | d_pr | d_pc for one row
     dp_z = d_pre[:units]
@@ -144,12 +144,8 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
                     rb = rec[b]
                     for j in range(units):
                         dhb[j] += rb[j]
-        n = (hi - lo) * batch
-        dxw2 = d_xw[:hi - lo].reshape(n, width)
-        gemm(dxw2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
-        gemm_tn(x_tm[lo:hi].reshape(n, inputs), dxw2, d_kernel, hi < time)
-        gemm_tn(states[lo:hi].reshape(n, units), d_hu[:hi - lo].reshape(n, width), d_recurrent,
-                hi < time)
+        block_gradients(d_xw[:hi - lo], d_hu[:hi - lo], states[lo:hi], x_tm, kernel_t, lo, hi,
+                        time, dx_tm, d_kernel, d_recurrent)
         hi = lo
 
 

@@ -18,11 +18,12 @@ import numpy as np
 
 from .. import _pool
 from .. import _validate as v
-from .._blas import gemm, gemm_tn
+from .._blas import gemm
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    block_gradients,
     per_block,
     from_time_major,
     jit,
@@ -83,7 +84,6 @@ def _backward_kernel(gates, h_states, c_states, tanh_c, x_tm, d_out, dh, dc, rec
     # d_bias [4H] (float64) += the column sums of dz.
     time, batch, width = gates.shape
     units = width // 4
-    inputs = x_tm.shape[2]
     rec = np.empty((batch, units), dh.dtype)
     slope = np.empty(width, dh.dtype)
     slope_c = np.empty(units, dh.dtype)
@@ -92,11 +92,8 @@ def _backward_kernel(gates, h_states, c_states, tanh_c, x_tm, d_out, dh, dc, rec
         lo = max(0, hi - steps)
         _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, mask,
                         first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi)
-        n = (hi - lo) * batch
-        dz2 = dz[:hi - lo].reshape(n, width)
-        gemm(dz2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
-        gemm_tn(x_tm[lo:hi].reshape(n, inputs), dz2, d_kernel, hi < time)
-        gemm_tn(h_states[lo:hi].reshape(n, units), dz2, d_recurrent, hi < time)
+        block_gradients(dz[:hi - lo], dz[:hi - lo], h_states[lo:hi], x_tm, kernel_t, lo, hi,
+                        time, dx_tm, d_kernel, d_recurrent)
         hi = lo
 
 

@@ -16,11 +16,12 @@ import numpy as np
 
 from .. import _pool
 from .. import _validate as v
-from .._blas import gemm, gemm_tn
+from .._blas import gemm
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    block_gradients,
     per_block,
     from_time_major,
     jit,
@@ -68,7 +69,6 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask
     # h_masked [steps, B, H]: scratch for h_{t-1} * m under recurrent dropout.
     # d_bias [H] (float64) += the column sums of d_pre.
     time, batch, units = states.shape[0] - 1, states.shape[1], states.shape[2]
-    inputs = x_tm.shape[2]
     rec = np.empty((batch, units), dh.dtype)
     hi = time
     while hi > 0:
@@ -91,10 +91,6 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask
                     if rec_mask.size:
                         for j in range(units):
                             dh[b, j] *= rec_mask[b, j]
-        n = (hi - lo) * batch
-        dp2 = d_pre[:hi - lo].reshape(n, units)
-        gemm(dp2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
-        gemm_tn(x_tm[lo:hi].reshape(n, inputs), dp2, d_kernel, hi < time)
         h_prev = states[lo:hi]
         if rec_mask.size:
             for t in range(lo, hi):
@@ -102,7 +98,8 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask
                     for j in range(units):
                         h_masked[t - lo, b, j] = states[t, b, j] * rec_mask[b, j]
             h_prev = h_masked[:hi - lo]
-        gemm_tn(h_prev.reshape(n, units), dp2, d_recurrent, hi < time)
+        block_gradients(d_pre[:hi - lo], d_pre[:hi - lo], h_prev, x_tm, kernel_t, lo, hi, time,
+                        dx_tm, d_kernel, d_recurrent)
         hi = lo
 
 
