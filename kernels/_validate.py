@@ -167,6 +167,23 @@ def check_saved(saved, cls, fn):
 DERIVED_FIELDS = ("x_tm", "mask", "first", "kernel", "recurrent_kernel", "recurrent_mask")
 
 
+_PLANS = {}
+
+
+def _plan(cls):
+    """(names of cls' carried array fields, names of all its fields), computed once
+    per class: dataclasses.fields costs microseconds, and a layer call asks twice."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        from dataclasses import fields
+
+        plan = ([f.name for f in fields(cls)
+                 if f.type is np.ndarray and f.name not in DERIVED_FIELDS],
+                frozenset(f.name for f in fields(cls)))
+        _PLANS[cls] = plan
+    return plan
+
+
 def saved_arrays(saved):
     """The ndarray fields of a kernel's `saved` that cannot be rebuilt from its inputs.
 
@@ -174,10 +191,7 @@ def saved_arrays(saved):
     and backward py_functions) pass these as tensors and rebuild the object
     with `restore_saved`.
     """
-    from dataclasses import fields
-
-    return [getattr(saved, f.name) for f in fields(saved)
-            if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
+    return [getattr(saved, name) for name in _plan(type(saved))[0]]
 
 
 def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask=None,
@@ -187,8 +201,6 @@ def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask
     `cls` is the CPU class; CuPy arrays (or cuda=True: NumPy arrays under the
     CUDA simulator) rebuild the CUDA kernels' subclass of it instead.
     """
-    from dataclasses import fields
-
     from . import _cuda
 
     if cuda is None:
@@ -209,11 +221,10 @@ def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask
         xp = np
         mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
         x_tm = to_time_major(x, go_backwards)
-    derived = dict(x_tm=x_tm, mask=mask_tm, first=first,
-                   kernel=kernel, recurrent_kernel=recurrent_kernel,
-                   recurrent_mask=check_recurrent_mask(recurrent_mask, batch, kernel.shape[1],
-                                                       x.dtype, xp))
-    names = [f.name for f in fields(cls) if f.type is np.ndarray and f.name not in DERIVED_FIELDS]
-    present = {f.name for f in fields(cls)}
-    return cls(**dict(zip(names, arrays)), **{k: v for k, v in derived.items() if k in present},
-               **meta)
+    names, present = _plan(cls)
+    derived = dict(x_tm=x_tm, mask=mask_tm, first=first, kernel=kernel,
+                   recurrent_kernel=recurrent_kernel)
+    if "recurrent_mask" in present:
+        derived["recurrent_mask"] = check_recurrent_mask(recurrent_mask, batch, kernel.shape[1],
+                                                         x.dtype, xp)
+    return cls(**dict(zip(names, arrays)), **derived, **meta)

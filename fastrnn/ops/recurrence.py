@@ -59,8 +59,11 @@ def _blas_threads_for(fn, x_index, gates):
         threads = int(_FORCED_THREADS) if _FORCED_THREADS else (1 if work < SMALL_WORK else None)
         if threads is None:
             return fn(*args)
-        with _blas.limit_threads(threads):
+        _blas.hold_threads(threads)
+        try:
             return fn(*args)
+        finally:
+            _blas.release_threads()
     return wrapped
 
 

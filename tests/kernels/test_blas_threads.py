@@ -69,6 +69,39 @@ def test_limit_threads_restores_the_count_when_holders_interleave():
         _blas._set_threads(before)
 
 
+@pytest.mark.skipif(_blas._set_threads is None, reason="NumPy's BLAS is not OpenBLAS")
+def test_hold_and_release_threads_pair_like_the_context_manager():
+    before = _blas._set_threads(3)
+    try:
+        _blas.hold_threads(1)
+        with _blas.limit_threads(1):
+            pass
+        assert _blas._set_threads(1) == 1  # the outer hold still stands
+        _blas.release_threads()
+        assert _blas._set_threads(3) == 3
+    finally:
+        _blas._set_threads(before)
+
+
+@pytest.mark.skipif(_blas._set_threads is None, reason="NumPy's BLAS is not OpenBLAS")
+def test_layer_wrapper_restores_the_count_when_the_kernel_raises():
+    pytest.importorskip("tensorflow")
+    from fastrnn.ops import recurrence
+
+    def fails(x):
+        assert _blas._set_threads(1) == 1  # small call: one thread while inside
+        raise ValueError("bad")
+
+    before = _blas._set_threads(3)
+    try:
+        with pytest.raises(ValueError, match="bad"):
+            recurrence._blas_threads_for(fails, 0, 3)(np.zeros((1, 2, 3), np.float32))
+        assert _blas._set_threads(3) == 3
+        assert _blas._limit_holders == 0
+    finally:
+        _blas._set_threads(before)
+
+
 def test_kernels_run_in_threads_without_the_gil():
     # nogil kernels: calls from several threads give the same numbers as one by one.
     rng = np.random.default_rng(0)
