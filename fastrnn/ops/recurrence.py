@@ -23,13 +23,15 @@ CPU route (by DLPack, without copies, on a GPU).
 """
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
 from fastrnn import kernels
-from fastrnn.kernels import _blas, _cuda, _validate
+from fastrnn.kernels import _blas, _cuda, _pool, _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.lstm import cpu as lstm_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu
@@ -37,34 +39,96 @@ from fastrnn.kernels.simple_rnn import cpu as simple_rnn_cpu
 
 _COMPUTE = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
 
-# BLAS threads for the kernels' matrix products when TensorFlow calls them. TF runs
-# other ops of the graph at the same time on its own thread pool; for small
-# recurrences a multi-threaded OpenBLAS competing with it for the cores measured
-# slower (a minGRU(128) T32 language-model training step: 43 ms with 2 OpenBLAS
-# threads, 35 ms with 1), while a large one gains from the threads (GRU(256)
-# B64 T100 layer step: 162 ms with 1, 103 ms with 2; 2-core EPYC). Below
-# SMALL_WORK multiply-adds per call the kernels use one thread. The environment
-# variable FASTRNN_BLAS_THREADS_IN_TF forces a count for every call.
+# How a call's work is spread over the cores when TensorFlow calls the kernels.
+#
+# Below SMALL_WORK multiply-adds a call runs on one thread with a one-thread BLAS:
+# TF runs other ops of the graph at the same time on its own thread pool, and for
+# small recurrences a multi-threaded OpenBLAS competing with it measured slower (a
+# minGRU(128) T32 language-model training step: 43 ms with 2 OpenBLAS threads, 35
+# ms with 1; 2-core EPYC).
+#
+# Larger calls split the batch into one part per core (at least MIN_ROWS rows
+# each): each part runs the whole kernel, forward or backward, in its own thread
+# with a one-thread BLAS, and the parts' weight gradients are summed. No per-step
+# synchronisation, and no OpenBLAS worker thread is ever woken. That matters as
+# much as the speed of the kernel itself: after a multi-threaded product OpenBLAS'
+# workers spin for about 0.1 s (2^28 cycles) waiting for more work, and a spinning
+# worker takes a core from TensorFlow's own ops. Measured here: one 400 x 400
+# NumPy product before each step made a Keras next-word LSTM training step 35 ->
+# 47 ms. LSTM(150) forward+backward at B128 T17: 22.1 ms with OpenBLAS' two
+# threads, 16.5 ms in two parts; B64 T100 H256: 127 -> 111 ms.
+#
+# FASTRNN_BLAS_THREADS_IN_TF=n forces n BLAS threads and no split for every call.
 SMALL_WORK = 1 << 27
+MIN_ROWS = 8
 _FORCED_THREADS = os.environ.get("FASTRNN_BLAS_THREADS_IN_TF")
 
 
-def _blas_threads_for(fn, x_index, gates):
-    """Run fn with one BLAS thread when its call is small (decided on the arrays it
-    gets: static shapes are often unknown in Keras' fit)."""
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    def wrapped(*args):
-        x = args[x_index]
-        work = x.shape[0] * x.shape[1] * gates * (x.shape[2] + gates)
-        threads = int(_FORCED_THREADS) if _FORCED_THREADS else (1 if work < SMALL_WORK else None)
-        if threads is None:
-            return fn(*args)
-        _blas.hold_threads(threads)
-        try:
-            return fn(*args)
-        finally:
-            _blas.release_threads()
-    return wrapped
+
+MAX_PARTS = _cores()
+_executor = None
+_executor_lock = threading.Lock()
+
+
+def _run_parts(fn, n):
+    """[fn(0), ..., fn(n - 1)]: the first n - 1 on the pool's threads, the last here."""
+    global _executor
+    if n == 1:
+        return [fn(0)]
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max(1, MAX_PARTS - 1), thread_name_prefix="fastrnn")
+    futures = [_executor.submit(fn, i) for i in range(n - 1)]
+    last = fn(n - 1)
+    return [f.result() for f in futures] + [last]
+
+
+def _plan(x, width, max_parts):
+    """(parts, BLAS threads or None for the library's own count) for a call on x."""
+    if _FORCED_THREADS:
+        return 1, int(_FORCED_THREADS)
+    batch, time, features = x.shape
+    if batch * time * width * (features + width) < SMALL_WORK:
+        return 1, 1
+    parts = min(max_parts, batch // MIN_ROWS)
+    return (parts, 1) if parts > 1 else (1, None)
+
+
+def _part_slices(batch, parts):
+    edges = [batch * i // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _with_threads(threads, fn):
+    if threads is None:
+        return fn()
+    _blas.hold_threads(threads)
+    try:
+        return fn()
+    finally:
+        _blas.release_threads()
+
+
+def _sum(arrays):
+    """The parts' weight gradients added up (None stays None: no bias)."""
+    if arrays[0] is None:
+        return None
+    total = arrays[0]
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
+def _concat(arrays):
+    """Parts joined along the batch axis, into an aligned buffer (TF takes it as is)."""
+    out = _pool.empty((sum(a.shape[0] for a in arrays),) + arrays[0].shape[1:], arrays[0].dtype)
+    return np.concatenate(arrays, out=out)
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -164,12 +228,16 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
     rmask_t = tf.cast(recurrent_mask, dtype) if has_rmask else tf.zeros((0, 0), dtype)
     gpu_route = use_gpu_route(device)
     save = record.could_possibly_record()
+    width = weights[0].shape[1]  # G * H, the kernel's columns
+    # The forward's outputs have a fixed count: room for the carried arrays of every
+    # part a call may split into; parts a call does not use carry empty arrays.
+    max_parts = 1 if gpu_route else MAX_PARTS
     if gpu_route:
-        def call(fn, x_index, args, Tout):
+        def call(fn, args, Tout):
             return tf.py_function(_eager(fn), args, Tout=Tout)
     else:
-        def call(fn, x_index, args, Tout):
-            return tf.numpy_function(_blas_threads_for(fn, x_index, width), args, Tout=Tout)
+        def call(fn, args, Tout):
+            return tf.numpy_function(fn, args, Tout=Tout)
 
     def unpack(mask_in, rmask_in, arrays):
         x_np, rest = arrays[0], arrays[1:]
@@ -177,17 +245,42 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
         return (x_np, states_np, [next(it) if p else None for p in present],
                 mask_in if has_mask else None, rmask_in if has_rmask else None)
 
+    def rows(s, arrays):
+        return [None if a is None else a[s] for a in arrays]
+
     def forward_np(mask_in, rmask_in, *tensors):
         x_np, states_np, ws, m, rm = unpack(mask_in, rmask_in, tensors)
-        out, *results = forward(x_np, *states_np, *ws, m, rm)
-        return [out, *results[:-1]] + (carry(results[-1]) if save else [])
+        if gpu_route:
+            parts, threads = 1, None
+        else:
+            parts, threads = _plan(x_np, width, max_parts)
+        if parts == 1:
+            def run():
+                out, *results = forward(x_np, *states_np, *ws, m, rm)
+                return [out, *results[:-1]], [results[-1]]
+        else:
+            slices = _part_slices(x_np.shape[0], parts)
 
-    width = weights[0].shape[1]  # G * H, the kernel's columns
+            def part(i):
+                s = slices[i]
+                return forward(x_np[s], *rows(s, states_np), *ws, *rows(s, [m, rm]))
+
+            def run():
+                results = _run_parts(part, parts)
+                return ([_concat([r[k] for r in results]) for k in range(1 + n_states)],
+                        [r[-1] for r in results])
+
+        outputs, saved = _with_threads(threads, run)
+        if not save:
+            return outputs
+        carried = [a for sv in saved for a in carry(sv)]
+        empty = np.empty((0,), x_np.dtype)
+        return outputs + carried + [empty] * (n_carry * (max_parts - len(saved)))
 
     @tf.custom_gradient
     def op(*tensors):
-        out, *rest = call(forward_np, 2, [mask_t, rmask_t, *tensors],
-                          [dtype] * (1 + n_states + (n_carry if save else 0)))
+        out, *rest = call(forward_np, [mask_t, rmask_t, *tensors],
+                          [dtype] * (1 + n_states + (n_carry * max_parts if save else 0)))
         states, carried = rest[:n_states], rest[n_states:]
         out.set_shape(tensors[0].shape[:2].concatenate([units]))
         for state in states:
@@ -199,15 +292,35 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
                 rest = rest[n_states + 2:]
                 tensors_in, carried_in = rest[:len(tensors)], rest[len(tensors):]
                 x_np, states_np, ws, m, rm = unpack(mask_in, rmask_in, tensors_in)
-                if carried_in:
-                    saved = restore(list(carried_in), x_np, states_np, ws, m, rm)
+                if gpu_route:
+                    parts, threads = 1, None
+                elif carried_in:
+                    # As many parts as the forward used: the others carried nothing.
+                    parts = sum(carried_in[i * n_carry].size > 0 for i in range(max_parts))
+                    threads = 1 if parts > 1 else _plan(x_np, width, 1)[1]
                 else:
-                    saved = forward(x_np, *states_np, *ws, m, rm)[-1]
-                grads = backward(saved, d_out_in, *d_states_in)
+                    parts, threads = _plan(x_np, width, max_parts)
+                slices = _part_slices(x_np.shape[0], parts)
+
+                def part(i):
+                    s = slices[i]
+                    if parts == 1:
+                        s = slice(None)
+                    x_s, states_s, mask_s = x_np[s], rows(s, states_np), rows(s, [m, rm])
+                    if carried_in:
+                        saved = restore(list(carried_in[i * n_carry:(i + 1) * n_carry]), x_s,
+                                        states_s, ws, *mask_s)
+                    else:
+                        saved = forward(x_s, *states_s, *ws, *mask_s)[-1]
+                    return backward(saved, d_out_in[s], *rows(s, d_states_in))
+
+                results = _with_threads(threads, lambda: _run_parts(part, parts))
+                grads = results[0] if parts == 1 else (
+                    [_concat([r[k] for r in results]) for k in range(1 + n_states)]
+                    + [_sum([r[k] for r in results]) for k in range(1 + n_states, len(results[0]))])
                 return [g for g, p in zip(grads, [True] * (1 + n_states) + present) if p]
 
-            grads = call(backward_np, 3 + n_states,
-                         [d_out, *d_states, mask_t, rmask_t, *tensors, *carried],
+            grads = call(backward_np, [d_out, *d_states, mask_t, rmask_t, *tensors, *carried],
                          [dtype] * len(tensors))
             for g, t in zip(grads, tensors):
                 g.set_shape(t.shape)

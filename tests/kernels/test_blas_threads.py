@@ -88,14 +88,14 @@ def test_layer_wrapper_restores_the_count_when_the_kernel_raises():
     pytest.importorskip("tensorflow")
     from fastrnn.ops import recurrence
 
-    def fails(x):
+    def fails():
         assert _blas._set_threads(1) == 1  # small call: one thread while inside
         raise ValueError("bad")
 
     before = _blas._set_threads(3)
     try:
         with pytest.raises(ValueError, match="bad"):
-            recurrence._blas_threads_for(fails, 0, 3)(np.zeros((1, 2, 3), np.float32))
+            recurrence._with_threads(1, fails)
         assert _blas._set_threads(3) == 3
         assert _blas._limit_holders == 0
     finally:
