@@ -237,6 +237,11 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
             return tf.py_function(_eager(fn), args, Tout=Tout)
     else:
         def call(fn, args, Tout):
+            if tf.executing_eagerly():
+                # tf.numpy_function's eager branch copies every input (np.array), and
+                # so does EagerTensor.numpy(); np.asarray shares a CPU tensor's memory
+                # (read-only: the kernels never write to their inputs).
+                return [tf.convert_to_tensor(r) for r in fn(*[np.asarray(t) for t in args])]
             return tf.numpy_function(fn, args, Tout=Tout)
 
     def unpack(mask_in, rmask_in, arrays):
