@@ -76,6 +76,18 @@ _executor = None
 _executor_lock = threading.Lock()
 
 
+def _forget_executor():
+    # A forked child inherits the executor but not its threads: work submitted
+    # there would wait forever. The child makes a new one on first use.
+    global _executor, _executor_lock
+    _executor = None
+    _executor_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executor)
+
+
 def _run_parts(fn, n):
     """[fn(0), ..., fn(n - 1)]: the first n - 1 on the pool's threads, the last here."""
     global _executor

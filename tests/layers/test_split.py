@@ -163,3 +163,17 @@ def test_bidirectional_split_matches_keras(split_into):
 
     for a, b in zip(tf.function(lambda: grads(fast))(), grads(ref)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=2e-5)
+
+
+def test_a_forked_child_gets_its_own_part_threads(split_into):
+    # The hook registered for fork drops the parent's executor; the next split call
+    # makes a new one (checked in-process: forking a process that runs TensorFlow is
+    # not safe in itself).
+    split_into(2)
+    assert recurrence._run_parts(lambda i: i * 10, 2) == [0, 10]
+    before = recurrence._executor
+    assert before is not None
+    recurrence._forget_executor()
+    assert recurrence._executor is None
+    assert recurrence._run_parts(lambda i: i + 1, 2) == [1, 2]
+    assert recurrence._executor is not None and recurrence._executor is not before
