@@ -272,6 +272,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, fastrnn
 cls = getattr(fastrnn, sys.argv[1])
+if sys.argv[2:] == ["split"]:  # every call split into parts, as large calls are
+    from fastrnn.ops import recurrence
+    recurrence.SMALL_WORK, recurrence.MIN_ROWS = 0, 1
 rng = np.random.default_rng(0)
 x = rng.standard_normal((16, 7, 3)).astype("float32")
 y = rng.standard_normal((16, 1)).astype("float32")
@@ -294,13 +297,15 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("cell", ["GRU", "SimpleRNN", "LSTM"])
-def test_mirrored_strategy_matches_one_device(cell, tmp_path):
+@pytest.mark.parametrize("cell,split", [("GRU", False), ("SimpleRNN", False), ("LSTM", False),
+                                        ("LSTM", True)])
+def test_mirrored_strategy_matches_one_device(cell, split, tmp_path):
+    # split: both replicas split their calls at once, sharing the parts' threads.
     import subprocess
     import sys
 
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_RUNNER)
-    result = subprocess.run([sys.executable, str(script), cell], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, str(script), cell] + (["split"] if split else []),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
