@@ -138,6 +138,16 @@ def add_output_grad(dh, d_out, mask, first, t):
 
 
 @jit
+def add_unmasked_rows(dh, rec, mask, t):
+    """dh[b] += rec[b] for the rows unmasked at step t (a masked step passes dh on)."""
+    batch, units = dh.shape
+    for b in range(batch):
+        if mask[t, b]:
+            for j in range(units):
+                dh[b, j] += rec[b, j]
+
+
+@jit
 def block_gradients(d_x, d_h, h_prev, x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel,
                     d_recurrent):
     """After a blocked backward pass has done steps lo..hi-1: dx_tm[lo:hi] = d_x W^T,

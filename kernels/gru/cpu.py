@@ -28,6 +28,7 @@ from .._blas import gemm
 from .._cpu_common import (
     activate,
     activation_grad,
+    add_unmasked_rows,
     add_output_grad,
     block_gradients,
     per_block,
@@ -138,12 +139,7 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
                 for j in range(units):
                     d_b_hh[j] += du_row[2 * units + j]
             gemm(d_hu[t - lo], recurrent_kernel_t, rec, False)
-            for b in range(batch):
-                if mask[t, b]:
-                    dhb = dh[b]
-                    rb = rec[b]
-                    for j in range(units):
-                        dhb[j] += rb[j]
+            add_unmasked_rows(dh, rec, mask, t)
         block_gradients(d_xw[:hi - lo], d_hu[:hi - lo], states[lo:hi], x_tm, kernel_t, lo, hi,
                         time, dx_tm, d_kernel, d_recurrent)
         hi = lo
@@ -245,12 +241,7 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
             for j in range(width):
                 d_b[j] += dx_row[j]
         gemm(d_zr, kernel_zr_t, rec, False)
-        for b in range(batch):
-            if mask[t, b]:
-                dhb = dh[b]
-                rb = rec[b]
-                for j in range(units):
-                    dhb[j] += rb[j]
+        add_unmasked_rows(dh, rec, mask, t)
 
 
 @dataclass(eq=False)
