@@ -273,23 +273,16 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
             parts, threads = 1, None
         else:
             parts, threads = _plan(x_np, width, max_parts)
-        if parts == 1:
-            def run():
-                out, *results = forward(x_np, *states_np, *ws, m, rm)
-                return [out, *results[:-1]], [results[-1]]
-        else:
-            slices = _part_slices(x_np.shape[0], parts)
+        slices = _part_slices(x_np.shape[0], parts)
 
-            def part(i):
-                s = slices[i]
-                return forward(x_np[s], *rows(s, states_np), *ws, *rows(s, [m, rm]))
+        def part(i):
+            s = slices[i]
+            return forward(x_np[s], *rows(s, states_np), *ws, *rows(s, [m, rm]))
 
-            def run():
-                results = _run_parts(part, parts)
-                return ([_concat([r[k] for r in results]) for k in range(1 + n_states)],
-                        [r[-1] for r in results])
-
-        outputs, saved = _with_threads(threads, run)
+        results = _with_threads(threads, lambda: _run_parts(part, parts))
+        outputs = list(results[0][:-1]) if parts == 1 else [
+            _concat([r[k] for r in results]) for k in range(1 + n_states)]
+        saved = [r[-1] for r in results]
         if not save:
             return outputs
         carried = [a for sv in saved for a in carry(sv)]
@@ -323,8 +316,6 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
 
                 def part(i):
                     s = slices[i]
-                    if parts == 1:
-                        s = slice(None)
                     x_s, states_s, mask_s = x_np[s], rows(s, states_np), rows(s, [m, rm])
                     if carried_in:
                         saved = restore(list(carried_in[i * n_carry:(i + 1) * n_carry]), x_s,
