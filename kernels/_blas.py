@@ -173,6 +173,11 @@ def release_threads():
             _set_threads(_count_before)
 
 
+def holders():
+    """How many callers hold a thread limit now (see hold_threads)."""
+    return _limit_holders
+
+
 @contextlib.contextmanager
 def limit_threads(n):
     """OpenBLAS threads for the whole process set to n while inside (see hold_threads)."""

@@ -52,13 +52,20 @@ def empty(shape, dtype):
     if nbytes < _MIN_BYTES:
         return _aligned(np.empty(nbytes + ALIGN, np.uint8), nbytes, dtype, shape)
     with _lock:
-        chosen = None
+        # The smallest idle buffer that fits: a first fit let a small request take
+        # a buffer twice its size that a larger request of the same call then
+        # missed, and a split call (kernels._parts: parts' arrays half the size of
+        # the joined outputs) page-faulted fresh buffers for several calls.
+        best = None
         for i in range(len(_buffers)):
-            if nbytes + ALIGN <= _buffers[i].nbytes <= 2 * nbytes and _idle(i):
-                chosen = _buffers.pop(i)
-                break
-        if chosen is None:
+            size = _buffers[i].nbytes
+            if (nbytes + ALIGN <= size <= 2 * nbytes
+                    and (best is None or size < _buffers[best].nbytes) and _idle(i)):
+                best = i
+        if best is None:
             chosen = np.empty(nbytes + ALIGN, np.uint8)
+        else:
+            chosen = _buffers.pop(best)
         array = _aligned(chosen, nbytes, dtype, shape)
         _buffers.append(chosen)
         del chosen

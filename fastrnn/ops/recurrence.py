@@ -31,7 +31,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from fastrnn import kernels
-from fastrnn.kernels import _blas, _cuda, _pool, _validate
+from fastrnn.kernels import _blas, _cuda, _parts, _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.lstm import cpu as lstm_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu
@@ -41,28 +41,25 @@ _COMPUTE = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
 
 # How a call's work is spread over the cores when TensorFlow calls the kernels.
 #
-# Below SMALL_WORK multiply-adds a call runs on one thread with a one-thread BLAS:
-# TF runs other ops of the graph at the same time on its own thread pool, and for
-# small recurrences a multi-threaded OpenBLAS competing with it measured slower (a
-# minGRU(128) T32 language-model training step: 43 ms with 2 OpenBLAS threads, 35
-# ms with 1; 2-core EPYC).
+# Below SMALL_WORK multiply-adds (kernels._parts) a call runs on one thread with a
+# one-thread BLAS: TF runs other ops of the graph at the same time on its own
+# thread pool, and for small recurrences a multi-threaded OpenBLAS competing with
+# it measured slower (a minGRU(128) T32 language-model training step: 43 ms with 2
+# OpenBLAS threads, 35 ms with 1; 2-core EPYC).
 #
 # Larger calls split the batch into one part per core (at least MIN_ROWS rows
-# each): each part runs the whole kernel, forward or backward, in its own thread
-# with a one-thread BLAS, and the parts' weight gradients are summed. No per-step
-# synchronisation, and no OpenBLAS worker thread is ever woken. That matters as
-# much as the speed of the kernel itself: after a multi-threaded product OpenBLAS'
-# workers spin for about 0.1 s (2^28 cycles) waiting for more work, and a spinning
+# each), as the kernels called directly do (kernels._parts), but here on threads
+# of this module's own rather than on OpenBLAS' workers: each part runs the whole
+# kernel, forward or backward, with a one-thread BLAS, and the parts' weight
+# gradients are summed. No OpenBLAS worker thread is ever woken. That matters as
+# much as the speed of the kernel itself: after any multi-threaded work OpenBLAS'
+# workers spin for about 0.1 s (2^28 cycles) waiting for more, and a spinning
 # worker takes a core from TensorFlow's own ops. Measured here: one 400 x 400
 # NumPy product before each step made a Keras next-word LSTM training step 35 ->
 # 47 ms. LSTM(150) forward+backward at B128 T17: 22.1 ms with OpenBLAS' two
 # threads, 16.5 ms in two parts; B64 T100 H256: 127 -> 111 ms.
 #
 # FASTRNN_BLAS_THREADS_IN_TF=n forces n BLAS threads and no split for every call.
-SMALL_WORK = 1 << 27
-# GRU(128) forward+backward at T1024, two parts against OpenBLAS' two threads: B8 (4
-# rows a part) 51 against 66 ms, B4 (2 rows) 42 against 43 ms.
-MIN_ROWS = 4
 _FORCED_THREADS = os.environ.get("FASTRNN_BLAS_THREADS_IN_TF")
 
 
@@ -108,41 +105,23 @@ def _plan(x, width, max_parts):
     if _FORCED_THREADS:
         return 1, int(_FORCED_THREADS)
     batch, time, features = x.shape
-    if batch * time * width * (features + width) < SMALL_WORK:
+    if batch * time * width * (features + width) < _parts.SMALL_WORK:
         return 1, 1
-    parts = min(max_parts, batch // MIN_ROWS)
+    parts = _parts.plan(batch, time, features, width, max_parts)
     return (parts, 1) if parts > 1 else (1, None)
 
 
-def _part_slices(batch, parts):
-    edges = [batch * i // parts for i in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
 def _with_threads(threads, fn):
+    # Either way the kernels themselves never split (kernels._parts): the backward
+    # needs one `saved` per part it runs, and here the parts are this module's.
     if threads is None:
-        return fn()
+        with _parts.unsplit():
+            return fn()
     _blas.hold_threads(threads)
     try:
         return fn()
     finally:
         _blas.release_threads()
-
-
-def _sum(arrays):
-    """The parts' weight gradients added up (None stays None: no bias)."""
-    if arrays[0] is None:
-        return None
-    total = arrays[0]
-    for a in arrays[1:]:
-        total += a
-    return total
-
-
-def _concat(arrays):
-    """Parts joined along the batch axis, into an aligned buffer (TF takes it as is)."""
-    out = _pool.empty((sum(a.shape[0] for a in arrays),) + arrays[0].shape[1:], arrays[0].dtype)
-    return np.concatenate(arrays, out=out)
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -273,7 +252,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
             parts, threads = 1, None
         else:
             parts, threads = _plan(x_np, width, max_parts)
-        slices = _part_slices(x_np.shape[0], parts)
+        slices = _parts.slices(x_np.shape[0], parts)
 
         def part(i):
             s = slices[i]
@@ -281,7 +260,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
 
         results = _with_threads(threads, lambda: _run_parts(part, parts))
         outputs = list(results[0][:-1]) if parts == 1 else [
-            _concat([r[k] for r in results]) for k in range(1 + n_states)]
+            _parts.concat([r[k] for r in results]) for k in range(1 + n_states)]
         saved = [r[-1] for r in results]
         if not save:
             return outputs
@@ -312,7 +291,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
                     threads = 1 if parts > 1 else _plan(x_np, width, 1)[1]
                 else:
                     parts, threads = _plan(x_np, width, max_parts)
-                slices = _part_slices(x_np.shape[0], parts)
+                slices = _parts.slices(x_np.shape[0], parts)
 
                 def part(i):
                     s = slices[i]
@@ -326,8 +305,8 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
 
                 results = _with_threads(threads, lambda: _run_parts(part, parts))
                 grads = results[0] if parts == 1 else (
-                    [_concat([r[k] for r in results]) for k in range(1 + n_states)]
-                    + [_sum([r[k] for r in results]) for k in range(1 + n_states, len(results[0]))])
+                    [_parts.concat([r[k] for r in results]) for k in range(1 + n_states)]
+                    + [_parts.add([r[k] for r in results]) for k in range(1 + n_states, len(results[0]))])
                 return [g for g, p in zip(grads, [True] * (1 + n_states) + present) if p]
 
             grads = call(backward_np, [d_out, *d_states, mask_t, rmask_t, *tensors, *carried],

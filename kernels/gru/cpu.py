@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _pool
+from .. import _parts, _pool
 from .. import _validate as v
 from .._blas import gemm
 from .._cpu_common import (
@@ -305,7 +305,14 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     h0 = v.check_state(h0, "h0", batch, units, x.dtype)
     act = v.activation_code(activation)
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
-    mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+    mask = v.check_mask(mask, batch, time)
+    parts = _parts.plan(batch, time, x.shape[2], 3 * units)
+    if parts > 1:
+        return _parts.forward(lambda rows: gru_forward(
+            x[rows], h0[rows], kernel, recurrent_kernel, bias,
+            None if mask is None else mask[rows], reset_after, go_backwards, activation,
+            recurrent_activation), batch, time, units, x.dtype, parts)
+    mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
     has_bias = bias is not None
 
     x_tm = to_time_major(x, go_backwards)
@@ -340,6 +347,8 @@ def gru_backward(saved, d_out, d_h_last):
         dx [B, T, I], dh0 [B, H], d_kernel [I, 3H], d_recurrent_kernel [H, 3H],
         d_bias ([2, 3H] or [3H]; None when the forward had no bias).
     """
+    if type(saved) is _parts.SplitSaved:
+        return _parts.backward(gru_backward, saved, (d_out, d_h_last), ("d_out", "d_h_last"))
     v.check_saved(saved, GRUSaved, "gru_forward")
     time, batch, width = saved.gates.shape
     units = width // 3

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _pool
+from .. import _parts, _pool
 from .. import _validate as v
 from .._blas import gemm
 from .._cpu_common import (
@@ -187,7 +187,14 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     c0 = v.check_state(c0, "c0", batch, units, x.dtype)
     act = v.activation_code(activation)
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
-    mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+    mask = v.check_mask(mask, batch, time)
+    parts = _parts.plan(batch, time, x.shape[2], 4 * units)
+    if parts > 1:
+        return _parts.forward(lambda rows: lstm_forward(
+            x[rows], h0[rows], c0[rows], kernel, recurrent_kernel, bias,
+            None if mask is None else mask[rows], go_backwards, activation,
+            recurrent_activation), batch, time, units, x.dtype, parts)
+    mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(4 * units, x.dtype)
@@ -214,6 +221,9 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
         dx [B, T, I], dh0 [B, H], dc0 [B, H], d_kernel [I, 4H], d_recurrent_kernel
         [H, 4H], d_bias [4H] (None when the forward had no bias).
     """
+    if type(saved) is _parts.SplitSaved:
+        return _parts.backward(lstm_backward, saved, (d_out, d_h_last, d_c_last),
+                               ("d_out", "d_h_last", "d_c_last"))
     v.check_saved(saved, LSTMSaved, "lstm_forward")
     time, batch, width = saved.gates.shape
     units = width // 4

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _pool
+from .. import _parts, _pool
 from .. import _validate as v
 from .._blas import gemm
 from .._cpu_common import (
@@ -143,8 +143,15 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     batch, time, _ = x.shape
     h0 = v.check_state(h0, "h0", batch, units, x.dtype)
     act = v.activation_code(activation)
-    mask_tm, first = time_major_mask(v.check_mask(mask, batch, time), batch, time, go_backwards)
+    mask = v.check_mask(mask, batch, time)
     rec_mask = v.check_recurrent_mask(recurrent_mask, batch, units, x.dtype)
+    parts = _parts.plan(batch, time, x.shape[2], units)
+    if parts > 1:
+        return _parts.forward(lambda rows: simple_rnn_forward(
+            x[rows], h0[rows], kernel, recurrent_kernel, bias, activation,
+            None if mask is None else mask[rows], go_backwards,
+            rec_mask[rows] if rec_mask.size else None), batch, time, units, x.dtype, parts)
+    mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
 
     x_tm = to_time_major(x, go_backwards)
     xw = _pool.matmul(x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, units)
@@ -173,6 +180,9 @@ def simple_rnn_backward(saved, d_out, d_h_last):
         dx [B, T, I], dh0 [B, H], d_kernel [I, H], d_recurrent_kernel [H, H],
         d_bias [H] (None when the forward had no bias).
     """
+    if type(saved) is _parts.SplitSaved:
+        return _parts.backward(simple_rnn_backward, saved, (d_out, d_h_last),
+                               ("d_out", "d_h_last"))
     v.check_saved(saved, SimpleRNNSaved, "simple_rnn_forward")
     time, batch, units = saved.states.shape[0] - 1, saved.states.shape[1], saved.states.shape[2]
     dtype = saved.states.dtype

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import fastrnn
 from fastrnn import ops
+from fastrnn.kernels import _parts
 from fastrnn.ops import recurrence
 
 from test_parity import compare, random_mask
@@ -29,8 +30,8 @@ def split_into(monkeypatch):
         return run_parts(fn, n)
 
     def force(parts):
-        monkeypatch.setattr(recurrence, "SMALL_WORK", 0)
-        monkeypatch.setattr(recurrence, "MIN_ROWS", 1)
+        monkeypatch.setattr(_parts, "SMALL_WORK", 0)
+        monkeypatch.setattr(_parts, "MIN_ROWS", 1)
         monkeypatch.setattr(recurrence, "MAX_PARTS", parts)
         monkeypatch.setattr(recurrence, "_FORCED_THREADS", None)
         monkeypatch.setattr(recurrence, "_run_parts", spy)
@@ -45,10 +46,10 @@ def test_plan():
     assert recurrence._plan(small, 12, 2) == (1, 1)
     large = np.empty((64, 100, 128), np.float32)
     assert recurrence._plan(large, 768, 2) == (2, 1)
-    assert recurrence._plan(large, 768, 16) == (64 // recurrence.MIN_ROWS, 1)
-    assert recurrence._plan(large[:recurrence.MIN_ROWS + 1], 768, 2) == (1, None)
+    assert recurrence._plan(large, 768, 16) == (64 // _parts.MIN_ROWS, 1)
+    assert recurrence._plan(large[:_parts.MIN_ROWS + 1], 768, 2) == (1, None)
     assert recurrence._plan(large, 768, 1) == (1, None)
-    assert [(s.start, s.stop) for s in recurrence._part_slices(5, 3)] == [(0, 1), (1, 3), (3, 5)]
+    assert [(s.start, s.stop) for s in _parts.slices(5, 3)] == [(0, 1), (1, 3), (3, 5)]
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "simple_rnn"])
