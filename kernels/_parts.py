@@ -35,9 +35,9 @@ import numpy as np
 
 from . import _blas, _pool
 
-# Below this many multiply-adds (B * T * G*H * (I + H)) a call is one part: handing
-# a part to another thread costs more than it saves (GRU B32 T15 layer call split
-# in two: 1.59 -> 1.96 ms).
+# Below this much work, B * T * G*H * (I + G*H) (the products' multiply-adds are
+# B * T * G*H * (I + H)), a call is one part: handing a part to another thread costs
+# more than it saves (GRU B32 T15 layer call split in two: 1.59 -> 1.96 ms).
 SMALL_WORK = 1 << 27
 # GRU(128) forward+backward at T1024 in two parts against OpenBLAS' two threads:
 # B8 (4 rows a part) 51 against 66 ms, B4 (2 rows) 42 against 43 ms.
