@@ -9,7 +9,9 @@ per core (at least MIN_ROWS rows each): every part runs the whole kernel, forwar
 backward, with a one-thread BLAS; outputs are joined and the parts' weight
 gradients summed. Measured here (2-core EPYC, float32, forward+backward, medians):
 GRU B64 T100 H256 120 -> 106 ms, GRU B16 T1024 H128 104-126 -> 99-100 ms, SimpleRNN
-B16 T1024 45-52 -> 36-39 ms, LSTM B16 T1024 136-143 -> 121-128 ms.
+B16 T1024 45-52 -> 36-39 ms, LSTM B16 T1024 136-143 -> 121-128 ms, minGRU
+B16 T1024 39 -> 27 ms (its sequential method only; the Blelloch scan, for fewer
+rows than cores, is parallel over time instead).
 
 The parts run on OpenBLAS' worker threads (`gotoblas_pthread`, OpenBLAS' own
 pthread-compatible parallel-for), not on threads of ours. After a multi-threaded

@@ -40,10 +40,10 @@ def test_matches_reference(rng, shape, mask_kind, go_backwards, method, dtype):
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("rows", [1, 2])
-def test_backward_in_blocks_of_rows(rng, monkeypatch, rows, mask_kind, go_backwards, dtype):
-    # The sequential backward goes through the batch BLOCK_BYTES of gradient at a
-    # time; blocks of 1 and 2 rows over 5 rows (the last block short) against the
-    # reference, with and without bias.
+def test_sequential_in_blocks_of_rows(rng, monkeypatch, rows, mask_kind, go_backwards, dtype):
+    # The sequential forward and backward go through the batch BLOCK_BYTES of gates
+    # (of gradient) at a time; blocks of 1 and 2 rows over 5 rows (the last block
+    # short) against the reference, with and without bias.
     from fastrnn.kernels.mingru import cpu
 
     B, T, I, H = 5, 9, 3, 4

@@ -15,12 +15,13 @@ from fastrnn import kernels
 from fastrnn.kernels import _blas, _parts
 from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import reference as lstm_ref
+from fastrnn.kernels.mingru import reference as mingru_ref
 from fastrnn.kernels.simple_rnn import reference as rnn_ref
 
 pytestmark = pytest.mark.skipif(_parts._OPENBLAS is None,
                                 reason="NumPy's BLAS is not OpenBLAS: calls are never split")
 
-GATES = {"simple_rnn": 1, "gru": 3, "lstm": 4}
+GATES = {"simple_rnn": 1, "gru": 3, "lstm": 4, "mingru": 2}
 
 
 def _arrays(rng, cell, B, T, I, H, dtype):
@@ -30,6 +31,9 @@ def _arrays(rng, cell, B, T, I, H, dtype):
     if cell == "lstm":
         arrays["c0"] = rng.standard_normal((B, H)).astype(dtype)
     arrays["kernel"] = (rng.standard_normal((I, G * H)) / np.sqrt(I)).astype(dtype)
+    if cell == "mingru":  # no recurrent matrix
+        arrays["bias"] = (rng.standard_normal(G * H) * 0.3).astype(dtype)
+        return arrays
     arrays["recurrent_kernel"] = (rng.standard_normal((H, G * H)) / np.sqrt(H)).astype(dtype)
     bias_shape = (2, 3 * H) if cell == "gru" else (G * H,)
     arrays["bias"] = (rng.standard_normal(bias_shape) * 0.3).astype(dtype)
@@ -37,7 +41,7 @@ def _arrays(rng, cell, B, T, I, H, dtype):
 
 
 def _functions(cell):
-    module = {"simple_rnn": rnn_ref, "gru": gru_ref, "lstm": lstm_ref}[cell]
+    module = {"simple_rnn": rnn_ref, "gru": gru_ref, "lstm": lstm_ref, "mingru": mingru_ref}[cell]
     return (getattr(kernels, f"{cell}_forward"), getattr(kernels, f"{cell}_backward"),
             getattr(module, f"{cell}_forward"), getattr(module, f"{cell}_backward"))
 
@@ -62,7 +66,7 @@ def force_split(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mask_kind", ["none", "all_masked_row", "masked_first"])
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("cell", ["simple_rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["simple_rnn", "gru", "lstm", "mingru"])
 def test_split_calls_match_the_reference(rng, force_split, cell, go_backwards, mask_kind, dtype):
     if _parts.available_threads() < 2:
         pytest.skip("OpenBLAS runs one thread here: nothing to split over")
