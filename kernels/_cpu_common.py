@@ -115,6 +115,17 @@ def time_major_mask(mask, batch, time, go_backwards):
 
 
 @jit
+def all_rows(mask, t):
+    """Whether every batch row is unmasked at step t (mask [T, B]): then a gate pass
+    can run over the whole [B, H] slab at once, which vectorizes where a row of a
+    few dozen units mostly runs in the loop's scalar remainder."""
+    for b in range(mask.shape[1]):
+        if not mask[t, b]:
+            return False
+    return True
+
+
+@jit
 def masked_output_rows(states, out, mask, first, t):
     """Keras' rule for rows masked at step t: keep the state, repeat the previous output."""
     batch, units = states.shape[1], states.shape[2]

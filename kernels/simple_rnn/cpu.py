@@ -21,6 +21,7 @@ from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    all_rows,
     block_gradients,
     per_block,
     from_time_major,
@@ -47,6 +48,16 @@ def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act, r
             gemm(dropped, recurrent_kernel, pre, True)
         else:
             gemm(states[t], recurrent_kernel, pre, True)
+        if all_rows(mask, t):
+            for b in range(batch):
+                row = pre[b]
+                for j in range(units):
+                    row[j] += bias[j]
+            activate(act, pre.reshape(batch * units))
+            states[t + 1] = pre
+            for b in range(batch):
+                out[b, t] = pre[b]
+            continue
         for b in range(batch):
             if mask[t, b]:
                 row = pre[b]
@@ -75,16 +86,32 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask
         lo = max(0, hi - steps)
         for t in range(hi - 1, lo - 1, -1):
             add_output_grad(dh, d_out, mask, first, t)
-            for b in range(batch):
-                row = d_pre[t - lo, b]
-                if mask[t, b]:
-                    activation_grad(act, states[t + 1, b], row)
+            full = all_rows(mask, t)
+            if full:
+                # The whole [B, H] slab at once (see all_rows).
+                dp = d_pre[t - lo]
+                flat = dp.reshape(batch * units)
+                activation_grad(act, states[t + 1].reshape(batch * units), flat)
+                dh_flat = dh.reshape(batch * units)
+                for k in range(batch * units):
+                    flat[k] *= dh_flat[k]
+                for b in range(batch):
                     for j in range(units):
-                        row[j] *= dh[b, j]
-                        d_bias[j] += row[j]
-                else:
-                    row[:] = 0.0
+                        d_bias[j] += dp[b, j]
+            else:
+                for b in range(batch):
+                    row = d_pre[t - lo, b]
+                    if mask[t, b]:
+                        activation_grad(act, states[t + 1, b], row)
+                        for j in range(units):
+                            row[j] *= dh[b, j]
+                            d_bias[j] += row[j]
+                    else:
+                        row[:] = 0.0
             gemm(d_pre[t - lo], recurrent_kernel_t, rec, False)
+            if full and not rec_mask.size:
+                dh[:] = rec
+                continue
             for b in range(batch):
                 if mask[t, b]:
                     dh[b] = rec[b]
