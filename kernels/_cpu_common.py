@@ -115,6 +115,24 @@ def time_major_mask(mask, batch, time, go_backwards):
 
 
 @jit
+def project(x2, kernel, out):
+    """out [N, G*H] = x2 [N, I] @ kernel [I, G*H], the input projection of every step.
+    Inside the kernel rather than np.dot from Python: 10-15 us less per call at the
+    seed models' sizes; for one input feature (univariate series) a plain outer
+    product, which BLAS ran in 7.7 us at [480, 1] x [1, 45] against about 2 here."""
+    if x2.shape[1] == 1:
+        n, width = out.shape
+        w = kernel[0]
+        for i in range(n):
+            xi = x2[i, 0]
+            row = out[i]
+            for j in range(width):
+                row[j] = xi * w[j]
+    else:
+        gemm(x2, kernel, out, False)
+
+
+@jit
 def all_rows(mask, t):
     """Whether every batch row is unmasked at step t (mask [T, B]): then a gate pass
     can run over the whole [B, H] slab at once, which vectorizes where a row of a

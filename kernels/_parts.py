@@ -109,9 +109,13 @@ def available_threads():
 def plan(batch, time, inputs, width, threads=None):
     """How many parts a call on [batch, time, inputs] with kernel columns `width`
     (G * H) runs in, given `threads` cores (by default `available_threads()`)."""
+    # The work first: most calls are small, and asking OpenBLAS for its thread
+    # counts (ctypes) costs a few microseconds a call.
+    if batch * time * width * (inputs + width) < SMALL_WORK:
+        return 1
     if threads is None:
         threads = available_threads()
-    if threads == 1 or batch * time * width * (inputs + width) < SMALL_WORK:
+    if threads == 1:
         return 1
     return max(1, min(threads, batch // MIN_ROWS))
 

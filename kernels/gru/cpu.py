@@ -33,6 +33,7 @@ from .._cpu_common import (
     block_gradients,
     per_block,
     from_time_major,
+    project,
     jit,
     masked_output_rows,
     time_major_mask,
@@ -316,7 +317,8 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     has_bias = bias is not None
 
     x_tm = to_time_major(x, go_backwards)
-    gates = _pool.matmul(x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, 3 * units)
+    gates = _pool.empty((time, batch, 3 * units), x.dtype)
+    project(x_tm.reshape(time * batch, -1), kernel, gates.reshape(time * batch, -1))
     states = _pool.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
     extra = _pool.empty((time, batch, units), x.dtype)

@@ -26,6 +26,7 @@ from .._cpu_common import (
     block_gradients,
     per_block,
     from_time_major,
+    project,
     jit,
     masked_output_rows,
     time_major_mask,
@@ -200,7 +201,8 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
         bias = np.zeros(4 * units, x.dtype)
 
     x_tm = to_time_major(x, go_backwards)
-    gates = _pool.matmul(x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, 4 * units)
+    gates = _pool.empty((time, batch, 4 * units), x.dtype)
+    project(x_tm.reshape(time * batch, -1), kernel, gates.reshape(time * batch, -1))
     h_states = _pool.empty((time + 1, batch, units), x.dtype)
     c_states = _pool.empty((time + 1, batch, units), x.dtype)
     h_states[0] = h0

@@ -25,6 +25,7 @@ from .._cpu_common import (
     block_gradients,
     per_block,
     from_time_major,
+    project,
     jit,
     masked_output_rows,
     time_major_mask,
@@ -33,13 +34,18 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act, rec_mask):
-    # xw [T, B, H] = x W, overwritten with act(x W + b + (h * m) U) = h_t (unmasked rows);
-    # states [T+1, B, H] with states[0] = h0; out [B, T, H]; rec_mask m [B, H] or [0, 0].
-    time, batch, units = xw.shape
-    dropped = np.empty((batch, units), xw.dtype)
+def _forward_kernel(x_tm, kernel, recurrent_kernel, bias, states, out, mask, first, act,
+                    rec_mask):
+    # states [T+1, B, H] with states[0] = h0: rows 1.. first get x W (one GEMM for every
+    # step), then step t adds (h_{t-1} * m) U and b and applies act in place, so
+    # states[t + 1] = h_t with no separate projection buffer. out [B, T, H];
+    # rec_mask m [B, H] or [0, 0].
+    time, batch, units = states.shape[0] - 1, states.shape[1], states.shape[2]
+    project(x_tm.reshape(time * batch, x_tm.shape[2]), kernel,
+            states[1:].reshape(time * batch, units))
+    dropped = np.empty((batch, units), states.dtype)
     for t in range(time):
-        pre = xw[t]
+        pre = states[t + 1]
         if rec_mask.size:
             h_prev = states[t]
             for b in range(batch):
@@ -54,7 +60,6 @@ def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act, r
                 for j in range(units):
                     row[j] += bias[j]
             activate(act, pre.reshape(batch * units))
-            states[t + 1] = pre
             for b in range(batch):
                 out[b, t] = pre[b]
             continue
@@ -64,8 +69,8 @@ def _forward_kernel(xw, recurrent_kernel, bias, states, out, mask, first, act, r
                 for j in range(units):
                     row[j] += bias[j]
                 activate(act, row)
-                states[t + 1, b] = row
                 out[b, t] = row
+        # Rows masked at t: their projection is overwritten with the kept state.
         masked_output_rows(states, out, mask, first, t)
 
 
@@ -181,15 +186,14 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
 
     x_tm = to_time_major(x, go_backwards)
-    xw = _pool.matmul(x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, units)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(units, x.dtype)
     states = _pool.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
     out = _pool.empty((batch, time, units), x.dtype)
-    _forward_kernel(xw, recurrent_kernel, bias, states, out, mask_tm, first, act, rec_mask)
-    # xw now holds h_t at unmasked steps and is dropped; states keeps what backward needs.
+    _forward_kernel(x_tm, kernel, recurrent_kernel, bias, states, out, mask_tm, first, act,
+                    rec_mask)
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                            has_bias, act, go_backwards)
     return out, _pool.copy(states[time]), saved
