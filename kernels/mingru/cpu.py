@@ -268,7 +268,7 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
         rows = per_block(time * 2 * units * x.dtype.itemsize, batch, BLOCK_BYTES)
         _forward_blocks(x_p, kernel, bias, h0, rows, gates, h_last, out, mask_bt, first)
     else:
-        np.matmul(x_p.reshape(batch * time, -1), kernel, out=gates.reshape(batch * time, -1))
+        np.dot(x_p.reshape(batch * time, -1), kernel, out=gates.reshape(batch * time, -1))
         a = _pool.empty(out.shape, out.dtype)
         states = _pool.empty(out.shape, out.dtype)
         _gates_to_scan(gates, bias, mask_bt, a, states)
