@@ -45,6 +45,12 @@ SMALL_WORK = 1 << 27
 # B8 (4 rows a part) 51 against 66 ms, B4 (2 rows) 42 against 43 ms.
 MIN_ROWS = 4
 
+# Below this much work a call runs with a one-thread OpenBLAS (kernels._dispatch).
+# Measured forward+backward here, OpenBLAS' two threads against one: SimpleRNN B32
+# T15 0.28 / 0.22 ms, GRU B32 T15 0.78 / 0.62 ms, SimpleRNN B16 T64 H128 3.3 / 2.6
+# ms (work 0.19 SMALL_WORK), but GRU B16 T16 H128 2.3 / 2.8 ms (0.33 SMALL_WORK).
+ONE_THREAD_WORK = SMALL_WORK // 4
+
 _PART = ctypes.CFUNCTYPE(None, ctypes.c_size_t)
 
 
@@ -104,6 +110,13 @@ def available_threads():
     # gotoblas_pthread hands part i > 0 to worker i - 1: only as many parts as there
     # are started workers (plus the calling thread), or it would wait forever.
     return max(1, min(current(), started.value))
+
+
+def one_thread(work):
+    """Whether a call of `work` (None: unknown) should hold OpenBLAS at one thread:
+    small, NumPy's BLAS is OpenBLAS, nobody holds a limit, not inside `unsplit`."""
+    return (work is not None and work < ONE_THREAD_WORK and _blas._set_threads is not None
+            and _blas.holders() == 0 and not getattr(_local, "depth", 0))
 
 
 def plan(batch, time, inputs, width, threads=None):

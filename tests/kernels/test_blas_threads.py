@@ -134,3 +134,65 @@ def test_every_cpu_kernel_releases_the_gil():
              if isinstance(obj, CPUDispatcher) and obj.__module__ == m.__name__}
     assert len(found) >= 15
     assert all(found.values()), [name for name, nogil in found.items() if not nogil]
+
+
+def _held_counts(monkeypatch):
+    """Record the thread counts the kernels' dispatch holds OpenBLAS at."""
+    held = []
+    hold = _blas.hold_threads
+
+    def spy(n):
+        held.append(n)
+        hold(n)
+
+    monkeypatch.setattr(_blas, "hold_threads", spy)
+    return held
+
+
+@pytest.mark.skipif(_blas._set_threads is None, reason="NumPy's BLAS is not OpenBLAS")
+@pytest.mark.parametrize("cell", ["simple_rnn", "gru", "lstm", "mingru"])
+def test_small_direct_calls_hold_openblas_at_one_thread(monkeypatch, cell):
+    # Small calls (forward and backward) run with a one-thread OpenBLAS and give the
+    # count back; large ones, and calls made while someone else holds a limit, are
+    # left alone. The results do not depend on it.
+    from fastrnn.kernels import _parts
+
+    rng = np.random.default_rng(0)
+    B, T, I, H = 3, 5, 2, 4
+    G = {"simple_rnn": 1, "gru": 3, "lstm": 4, "mingru": 2}[cell]
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    weights = [rng.standard_normal((I, G * H)).astype(np.float32)]
+    if cell != "mingru":
+        weights.append(rng.standard_normal((H, G * H)).astype(np.float32))
+    states = [None, None] if cell == "lstm" else [None]
+    forward, backward = getattr(kernels, f"{cell}_forward"), getattr(kernels, f"{cell}_backward")
+    d_out = np.ones((B, T, H), np.float32)
+
+    def call():
+        *outputs, saved = forward(x, *states, *weights, None)
+        return outputs, backward(saved, d_out, *states)
+
+    before = _blas.holders()
+    held = _held_counts(monkeypatch)
+    small = call()
+    assert held == [1, 1] and _blas.holders() == before
+    held.clear()
+    monkeypatch.setattr(_parts, "ONE_THREAD_WORK", 0)
+    large = call()
+    assert held == []
+    for a, b in zip(small[0] + list(small[1]), large[0] + list(large[1])):
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(_parts, "ONE_THREAD_WORK", 1 << 40)
+    with _blas.limit_threads(2):
+        held.clear()
+        call()
+    assert held == []  # a limit already held: the caller chose the threads
+
+
+def test_bad_input_still_gets_the_kernels_own_errors():
+    with pytest.raises((TypeError, ValueError), match="x"):
+        kernels.gru_forward([[1.0]], None, np.ones((1, 3), np.float32),
+                            np.ones((1, 3), np.float32), None)
+    with pytest.raises(TypeError, match="saved"):
+        kernels.gru_backward(object(), None, None)

@@ -58,6 +58,7 @@ def force_split(monkeypatch):
         return run(fn, n)
 
     monkeypatch.setattr(_parts, "SMALL_WORK", 0)
+    monkeypatch.setattr(_parts, "ONE_THREAD_WORK", 0)
     monkeypatch.setattr(_parts, "MIN_ROWS", 1)
     monkeypatch.setattr(_parts, "run", spy)
     return used
