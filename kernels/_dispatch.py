@@ -20,13 +20,14 @@ def _cuda_function(cell, name):
     return getattr(importlib.import_module(f"{__package__}.{cell}.cuda"), name)
 
 
-def _work(shape, width):
-    """A call's work as kernels._parts counts it, from x's [B, T, I] (any order of B
-    and T) and the kernel's columns; None when the arguments are not arrays (the
+def _work(x, kernel):
+    """A call's work (kernels._parts.work) from x's [B, T, I] (either order of B and T)
+    and the kernel [I, G*H]; None when they are not arrays of those ranks (the
     kernel's own checks then raise their errors)."""
+    if getattr(x, "ndim", 0) != 3 or getattr(kernel, "ndim", 0) != 2:
+        return None
     try:
-        batch, time, inputs = (int(n) for n in shape)
-        return batch * time * int(width) * (inputs + int(width))
+        return _parts.work(*(int(n) for n in x.shape), int(kernel.shape[1]))
     except (TypeError, ValueError):
         return None
 
@@ -63,9 +64,7 @@ def forward(cpu_function, cell, kernel_at=None):
         if kernel_at is None:
             return cpu_function(x, *args, **kwargs)
         kernel = args[kernel_at] if len(args) > kernel_at else kwargs.get("kernel")
-        work = _work(getattr(x, "shape", ()), getattr(kernel, "shape", (0, 0))[-1]) \
-            if getattr(kernel, "ndim", 0) == 2 else None
-        return _one_thread(cpu_function, work, x, *args, **kwargs)
+        return _one_thread(cpu_function, _work(x, kernel), x, *args, **kwargs)
 
     return dispatch
 
@@ -78,9 +77,8 @@ def backward(cpu_function, cell):
     def dispatch(saved, *args, **kwargs):
         if type(saved).__module__.endswith(".cuda"):
             return _cuda_function(cell, name)(saved, *args, **kwargs)
-        kernel = getattr(saved, "kernel", None)
         x = getattr(saved, "x_tm", getattr(saved, "x_p", None))
-        work = None if kernel is None or x is None else _work(x.shape, kernel.shape[-1])
-        return _one_thread(cpu_function, work, saved, *args, **kwargs)
+        return _one_thread(cpu_function, _work(x, getattr(saved, "kernel", None)), saved,
+                           *args, **kwargs)
 
     return dispatch

@@ -112,10 +112,16 @@ def available_threads():
     return max(1, min(current(), started.value))
 
 
-def one_thread(work):
-    """Whether a call of `work` (None: unknown) should hold OpenBLAS at one thread:
+def work(batch, time, inputs, width):
+    """A call's work as SMALL_WORK and ONE_THREAD_WORK count it: B * T * G*H * (I + G*H)
+    for kernel columns `width` = G * H."""
+    return batch * time * width * (inputs + width)
+
+
+def one_thread(amount):
+    """Whether a call of `amount` of work (None: unknown) should hold OpenBLAS at one thread:
     small, NumPy's BLAS is OpenBLAS, nobody holds a limit, not inside `unsplit`."""
-    return (work is not None and work < ONE_THREAD_WORK and _blas._set_threads is not None
+    return (amount is not None and amount < ONE_THREAD_WORK and _blas._set_threads is not None
             and _blas.holders() == 0 and not getattr(_local, "depth", 0))
 
 
@@ -124,7 +130,7 @@ def plan(batch, time, inputs, width, threads=None):
     (G * H) runs in, given `threads` cores (by default `available_threads()`)."""
     # The work first: most calls are small, and asking OpenBLAS for its thread
     # counts (ctypes) costs a few microseconds a call.
-    if batch * time * width * (inputs + width) < SMALL_WORK:
+    if work(batch, time, inputs, width) < SMALL_WORK:
         return 1
     if threads is None:
         threads = available_threads()

@@ -105,7 +105,7 @@ def _plan(x, width, max_parts):
     if _FORCED_THREADS:
         return 1, int(_FORCED_THREADS)
     batch, time, features = x.shape
-    if batch * time * width * (features + width) < _parts.SMALL_WORK:
+    if _parts.work(batch, time, features, width) < _parts.SMALL_WORK:
         return 1, 1
     parts = _parts.plan(batch, time, features, width, max_parts)
     return (parts, 1) if parts > 1 else (1, None)
