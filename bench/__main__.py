@@ -45,7 +45,7 @@ def versions():
 
 def table(data):
     rows = {}
-    for bench in data["benchmarks"]:
+    for bench in _entries(data):
         info = bench["extra_info"]
         key = (info["cell"], info["shape"], info["mode"])
         rows.setdefault(key, {})[info["impl"]] = bench["stats"]
@@ -178,8 +178,10 @@ def main(argv=None):
                            "git_commit": git_commit()}
     out.write_text(json.dumps(data, indent=1))
     print()
-    print("float32, median of timed rounds; 'vs keras' / 'vs torch' = their time / fastrnn's "
-          "(above 1 means fastrnn is faster); '/ floor' = fastrnn's time / the same GEMMs in NumPy")
+    print("float32, medians; the implementations of a case are timed in the same rounds, each "
+          "timed call right after an untimed one of its own (bench/conftest.py); "
+          "'vs keras' / 'vs torch' = their time / fastrnn's (above 1 means fastrnn is faster); "
+          "'/ floor' = fastrnn's time / the same GEMMs in NumPy")
     print(table(data))
     if args.compare:
         print()
@@ -216,9 +218,16 @@ def git_commit():
         return None
 
 
+def _entries(data):
+    """Each implementation's entries; not the paired rounds' own (see bench/conftest.py)."""
+    from bench.conftest import ROUND
+
+    return [bench for bench in data["benchmarks"] if bench["extra_info"].get("impl") != ROUND]
+
+
 def _medians(data):
     rows = {}
-    for bench in data["benchmarks"]:
+    for bench in _entries(data):
         info = bench["extra_info"]
         rows[(info["cell"], info["shape"], info["mode"], info["impl"])] = bench["stats"]["median"]
     return rows

@@ -119,51 +119,55 @@ MODELS = ["forecast SimpleRNN(3)", "forecast GRU(256)", "next-word SimpleRNN(50,
           "next-word LSTM(150) V8200"]
 
 
-@pytest.mark.parametrize("impl", ["fastrnn", "keras"])
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", list(LAYER_SHAPES))
 @pytest.mark.parametrize("cell", ["gru", "lstm", "simple_rnn", "mingru"])
-def test_layer(run_benchmark, benchmark, cell, shape, mode, impl):
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])  # first in the id: -k forward-
+def test_layer(run_paired, benchmark, cell, shape, mode):
     benchmark.group = f"layer {cell} | {shape} | {mode}"
-    run_benchmark(layer_step(impl, cell, LAYER_SHAPES[shape], mode), impl=impl,
-                  cell=f"layer {cell}", shape=shape, mode=mode)
+    fns = {impl: layer_step(impl, cell, LAYER_SHAPES[shape], mode) for impl in ("fastrnn", "keras")}
+    run_paired(fns, cell=f"layer {cell}", shape=shape, mode=mode)
 
 
-@pytest.mark.parametrize("impl", ["fastrnn", "keras"])
+def _model_call(impl, name, mode):
+    model, x, y = _model(impl, name)
+    if mode == "train_on_batch":
+        return lambda: model.train_on_batch(x, y)
+    return lambda: model.predict_on_batch(x)
+
+
 @pytest.mark.parametrize("mode", ["train_on_batch", "predict_on_batch"])
 @pytest.mark.parametrize("name", MODELS)
-def test_model(run_benchmark, benchmark, name, mode, impl):
-    model, x, y = _model(impl, name)
+def test_model(run_paired, benchmark, name, mode):
     benchmark.group = f"model {name} | {mode}"
-    if mode == "train_on_batch":
-        fn = lambda: model.train_on_batch(x, y)  # noqa: E731
-    else:
-        fn = lambda: model.predict_on_batch(x)  # noqa: E731
-    run_benchmark(fn, impl=impl, cell=name, shape="", mode=mode)
+    fns = {impl: _model_call(impl, name, mode) for impl in ("fastrnn", "keras")}
+    run_paired(fns, cell=name, shape="", mode=mode)
 
 
-@pytest.mark.parametrize("impl", ["fastrnn kernel", "tf.numpy_function", "fastrnn", "keras"])
-def test_fixed_overhead(run_benchmark, benchmark, impl):
+def _overhead_call(impl):
+    import tensorflow as tf
+
+    if impl == "tf.numpy_function":
+        x = tf.ones((1, 1, 1))
+        return tf.function(lambda: tf.numpy_function(lambda a: a, [x], Tout=tf.float32))
+    if impl == "fastrnn kernel":
+        from fastrnn import kernels
+
+        x = np.ones((1, 1, 1), np.float32)
+        W, U, b = np.ones((1, 3), np.float32), np.ones((1, 3), np.float32), np.ones((2, 3), np.float32)
+        return lambda: kernels.gru_forward(x, None, W, U, b)
+    layer = _classes("keras" if impl == "keras" else "fastrnn")["gru"](1)
+    x = tf.ones((1, 1, 1))
+    layer.build((1, 1, 1))
+    return tf.function(lambda: layer(x))
+
+
+def test_fixed_overhead(run_paired, benchmark):
     """One GRU(1) call on a [1, 1, 1] input: what a call costs beyond the arithmetic.
 
     'tf.numpy_function' is a bare round trip (identity, inside tf.function): the
     part of fastrnn's overhead that belongs to TensorFlow.
     """
-    import tensorflow as tf
-
     benchmark.group = "overhead GRU(1) on [1, 1, 1]"
-    if impl == "tf.numpy_function":
-        x = tf.ones((1, 1, 1))
-        fn = tf.function(lambda: tf.numpy_function(lambda a: a, [x], Tout=tf.float32))
-    elif impl == "fastrnn kernel":
-        from fastrnn import kernels
-
-        x = np.ones((1, 1, 1), np.float32)
-        W, U, b = np.ones((1, 3), np.float32), np.ones((1, 3), np.float32), np.ones((2, 3), np.float32)
-        fn = lambda: kernels.gru_forward(x, None, W, U, b)  # noqa: E731
-    else:
-        layer = _classes("keras" if impl == "keras" else "fastrnn")["gru"](1)
-        x = tf.ones((1, 1, 1))
-        layer.build((1, 1, 1))
-        fn = tf.function(lambda: layer(x))
-    run_benchmark(fn, impl=impl, cell="overhead GRU(1)", shape="B1 T1 I1 H1", mode="forward")
+    fns = {impl: _overhead_call(impl)
+           for impl in ("fastrnn kernel", "tf.numpy_function", "fastrnn", "keras")}
+    run_paired(fns, cell="overhead GRU(1)", shape="B1 T1 I1 H1", mode="forward")

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from bench.cases import tf_forward_backward, torch_available
+from bench.cases import tf_forward_backward
+from bench.test_kernels import anchors
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -85,55 +86,52 @@ def mingru_case(impl, shape, mode="forward+backward"):
     raise ValueError(impl)
 
 
-@pytest.mark.parametrize("impl", ["fastrnn", "tf loop", "torch log-space", "floor"])
+# The anchors' names in the table's columns.
+NAMES = {"tf loop": "keras", "torch log-space": "torch"}
+
+
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_mingru(run_benchmark, benchmark, shape, mode, impl):
-    if impl == "torch log-space" and not torch_available():
-        pytest.skip("torch is not installed (pip install torch) - its anchor is left out")
+def test_mingru(run_paired, benchmark, shape, mode):
     benchmark.group = f"mingru | {shape} | {mode}"
-    name = {"tf loop": "keras", "torch log-space": "torch"}.get(impl, impl)
-    run_benchmark(mingru_case(impl, SHAPES[shape], mode), impl=name, cell="mingru", shape=shape,
-                  mode=mode)
+    fns = {NAMES.get(impl, impl): mingru_case(impl, SHAPES[shape], mode)
+           for impl in anchors(["fastrnn", "tf loop", "torch log-space", "floor"])}
+    run_paired(fns, cell="mingru", shape=shape, mode=mode)
 
 
-@pytest.mark.parametrize("method", ["sequential", "blelloch", "copy"])
 @pytest.mark.parametrize("time", [64, 1024, 16384, 65536])
 @pytest.mark.parametrize("batch", [1, 16])
-def test_scan(run_benchmark, benchmark, batch, time, method):
+def test_scan(run_paired, benchmark, batch, time):
     from fastrnn import kernels
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 1, (batch, time, 128)).astype("float32")
     b = rng.standard_normal((batch, time, 128)).astype("float32")
+    out = np.empty_like(a)
     benchmark.group = f"scan B{batch} T{time} H128"
-    if method == "copy":  # the floor: moving the same bytes once
-        out = np.empty_like(a)
-        fn = lambda: np.copyto(out, b)  # noqa: E731
-    else:
-        fn = lambda: kernels.linear_scan(a, b, method=method)  # noqa: E731
-    run_benchmark(fn, impl={"sequential": "fastrnn"}.get(method, method),
-                  cell=f"scan B{batch} H128", shape=f"T{time}", mode="forward")
+    fns = {"fastrnn": lambda: kernels.linear_scan(a, b, method="sequential"),
+           "blelloch": lambda: kernels.linear_scan(a, b, method="blelloch"),
+           "copy": lambda: np.copyto(out, b)}  # the floor: moving the same bytes once
+    run_paired(fns, cell=f"scan B{batch} H128", shape=f"T{time}", mode="forward")
 
 
 LM_SEQUENCES = 512  # 16 batches of 32 sequences of 32 tokens per timed epoch
 
 
-@pytest.mark.parametrize("impl", ["fastrnn", "tf loop"])
-def test_lm_epoch(run_benchmark, benchmark, impl):
+def test_lm_epoch(run_paired, benchmark):
     """One epoch of next-word training (Embedding(mask_zero) -> minGRU(128) -> Dense)."""
     from bench.lm import corpus, paired_models
 
     x, y, vocab = corpus(max_sequences=LM_SEQUENCES)
-    fast, loop = paired_models(vocab_size=vocab)
-    net = fast if impl == "fastrnn" else loop
-    losses = []
+    nets = dict(zip(["fastrnn", "keras"], paired_models(vocab_size=vocab)))
+    losses = {name: [] for name in nets}
 
-    def epoch():
-        history = net.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-        losses.append(history.history["loss"][-1])
+    def epoch(name):
+        history = nets[name].fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        losses[name].append(history.history["loss"][-1])
 
     benchmark.group = "lm minGRU(128) epoch"
-    run_benchmark(epoch, impl="keras" if impl == "tf loop" else impl, cell="lm minGRU(128)",
-                  shape=f"{LM_SEQUENCES}x32 tokens", mode="epoch")
-    benchmark.extra_info["first_epoch_loss"] = losses[0]
+    extra = run_paired({name: (lambda name=name: epoch(name)) for name in nets},
+                       cell="lm minGRU(128)", shape=f"{LM_SEQUENCES}x32 tokens", mode="epoch")
+    for name in nets:  # both models start from the same weights ("keras" is the tf loop)
+        extra[name]["first_epoch_loss"] = losses[name][0]
