@@ -153,7 +153,7 @@ def hold_threads(n):
     holder is restored when the last one releases. A no-op where NumPy's BLAS is
     not OpenBLAS. Prefer `limit_threads`; this pair skips the context manager's
     cost (about 2 us) on the layers' per-call path."""
-    global _limit_holders, _count_before
+    global _limit_holders, _count_before, _held_count
     if _set_threads is None:
         return
     with _limit_lock:
@@ -161,6 +161,7 @@ def hold_threads(n):
         if _limit_holders == 0:
             _count_before = previous
         _limit_holders += 1
+        _held_count = int(n)
 
 
 def release_threads():
@@ -171,6 +172,35 @@ def release_threads():
         _limit_holders -= 1
         if _limit_holders == 0:
             _set_threads(_count_before)
+
+
+def _threads_getter():
+    import numpy._core._multiarray_umath as umath
+
+    try:
+        lib = ctypes.CDLL(umath.__file__)
+    except OSError:
+        return None
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                 "openblas_get_num_threads"):
+        getter = getattr(lib, name, None)
+        if getter is not None:
+            getter.argtypes = []
+            getter.restype = ctypes.c_int
+            return getter
+    return None
+
+
+_get_threads = _threads_getter()
+_held_count = None  # the count the current holders set
+
+
+def single_threaded():
+    """Whether NumPy's BLAS runs on one thread now: a holder set it to one, or
+    OpenBLAS is set so. False where it is not OpenBLAS (its threads are unknown)."""
+    if _limit_holders:
+        return _held_count == 1
+    return _get_threads is not None and _get_threads() == 1
 
 
 def holders():

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _parts, _pool
 from .. import _validate as v
-from .._blas import gemm
+from .._microgemm import pack_for, product
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -48,15 +48,15 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_reset_after(gates, recurrent_kernel, b_sum, b_in, b_rec, states, hh_saved, out,
-                         mask, first, act, ract):
+def _forward_reset_after(gates, recurrent_kernel, recurrent_packed, b_sum, b_in, b_rec, states,
+                         hh_saved, out, mask, first, act, ract):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows). hh_saved [T, B, H].
     # b_sum = b_in + b_rec (only its z | r part is read).
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, width), gates.dtype)
     for t in range(time):
-        gemm(states[t], recurrent_kernel, rec, False)
+        product(states[t], recurrent_kernel, recurrent_packed, rec, False)
         for b in range(batch):
             if not mask[t, b]:
                 continue
@@ -84,8 +84,8 @@ def _forward_reset_after(gates, recurrent_kernel, b_sum, b_in, b_rec, states, hh
 
 
 @jit
-def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t,
-                          mask, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
+def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_kernel_t,
+                          recurrent_t_packed, kernel_t, mask, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
                           d_recurrent, d_b_in, d_b_hh):
     # Time runs backward in blocks of `steps` steps. Within a block, d_xw and d_hu
     # [steps, B, 3H] (scratch, indexed t - block start) get dL/d(x W + b_in) and
@@ -139,7 +139,7 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
                     d_b_in[j] += d_pre[j]
                 for j in range(units):
                     d_b_hh[j] += du_row[2 * units + j]
-            gemm(d_hu[t - lo], recurrent_kernel_t, rec, False)
+            product(d_hu[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
             add_unmasked_rows(dh, rec, mask, t)
         block_gradients(d_xw[:hi - lo], d_hu[:hi - lo], states[lo:hi], x_tm, kernel_t, lo, hi,
                         time, dx_tm, d_kernel, d_recurrent)
@@ -147,8 +147,8 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
 
 
 @jit
-def _forward_reset_before(gates, kernel_zr, kernel_h, bias, states, rh_saved, out, mask, first,
-                          act, ract):
+def _forward_reset_before(gates, kernel_zr, zr_packed, kernel_h, h_packed, bias, states, rh_saved,
+                          out, mask, first, act, ract):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows).
     # rh_saved [T, B, H] = r * h_{t-1}.
     time, batch, width = gates.shape
@@ -156,7 +156,7 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, bias, states, rh_saved, ou
     rec_zr = np.empty((batch, 2 * units), gates.dtype)
     rec_h = np.empty((batch, units), gates.dtype)
     for t in range(time):
-        gemm(states[t], kernel_zr, rec_zr, False)
+        product(states[t], kernel_zr, zr_packed, rec_zr, False)
         for b in range(batch):
             rh = rh_saved[t, b]
             if not mask[t, b]:
@@ -171,7 +171,7 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, bias, states, rh_saved, ou
             activate(ract, zr)
             for j in range(units):
                 rh[j] = r[j] * h_prev[j]
-        gemm(rh_saved[t], kernel_h, rec_h, False)
+        product(rh_saved[t], kernel_h, h_packed, rec_h, False)
         for b in range(batch):
             if not mask[t, b]:
                 continue
@@ -190,8 +190,8 @@ def _forward_reset_before(gates, kernel_zr, kernel_h, bias, states, rh_saved, ou
 
 
 @jit
-def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, mask, first,
-                           act, ract, d_xw, d_b):
+def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, zr_t_packed, kernel_h_t,
+                           h_t_packed, mask, first, act, ract, d_xw, d_b):
     # d_xw [T, B, 3H] = dL/d(x W + b); its z | r columns are also dL/d(h U_zr).
     # d_b [3H] += column sums of d_xw (float64).
     time, batch, width = gates.shape
@@ -220,7 +220,7 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
                 dpz[j] *= dhb[j] * (h_prev[j] - c[j])
             for j in range(units):
                 dhb[j] *= z[j]
-        gemm(d_pc, kernel_h_t, d_rh, False)
+        product(d_pc, kernel_h_t, h_t_packed, d_rh, False)
         for b in range(batch):
             dx_row = d_xw[t, b]
             if not mask[t, b]:
@@ -241,7 +241,7 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, kernel_h_t, ma
             dx_row[2 * units:] = d_pc[b]
             for j in range(width):
                 d_b[j] += dx_row[j]
-        gemm(d_zr, kernel_zr_t, rec, False)
+        product(d_zr, kernel_zr_t, zr_t_packed, rec, False)
         add_unmasked_rows(dh, rec, mask, t)
 
 
@@ -326,12 +326,13 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     if bias is None:
         bias = np.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
     if reset_after:
-        _forward_reset_after(gates, recurrent_kernel, bias[0] + bias[1], bias[0], bias[1], states,
-                             extra, out, mask_tm, first, act, ract)
+        _forward_reset_after(gates, recurrent_kernel, pack_for(recurrent_kernel), bias[0] + bias[1],
+                             bias[0], bias[1], states, extra, out, mask_tm, first, act, ract)
     else:
-        _forward_reset_before(gates, np.ascontiguousarray(recurrent_kernel[:, :2 * units]),
-                              np.ascontiguousarray(recurrent_kernel[:, 2 * units:]), bias,
-                              states, extra, out, mask_tm, first, act, ract)
+        kernel_zr = np.ascontiguousarray(recurrent_kernel[:, :2 * units])
+        kernel_h = np.ascontiguousarray(recurrent_kernel[:, 2 * units:])
+        _forward_reset_before(gates, kernel_zr, pack_for(kernel_zr), kernel_h, pack_for(kernel_h),
+                              bias, states, extra, out, mask_tm, first, act, ract)
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
                      has_bias, bool(reset_after), act, ract, go_backwards)
     return out, _pool.copy(states[time]), saved
@@ -368,8 +369,9 @@ def gru_backward(saved, d_out, d_h_last):
         d_kernel = _pool.empty((inputs, width), dtype)
         d_recurrent = _pool.empty((units, width), dtype)
         d_b_hh = np.zeros(units)
+        rk_t = np.ascontiguousarray(rk.T)
         _backward_reset_after(saved.gates, saved.extra, saved.states, saved.x_tm, d_out, dh,
-                              np.ascontiguousarray(rk.T), np.ascontiguousarray(saved.kernel.T),
+                              rk_t, pack_for(rk_t), np.ascontiguousarray(saved.kernel.T),
                               saved.mask, saved.first, saved.act, saved.ract, steps, d_xw, d_hu,
                               dx_tm, d_kernel, d_recurrent, d_b_in, d_b_hh)
         d_bias = np.empty((2, width), dtype)
@@ -379,10 +381,10 @@ def gru_backward(saved, d_out, d_h_last):
     else:
         d_xw = _pool.empty((time, batch, width), dtype)
         d_xw2 = d_xw.reshape(time * batch, width)
-        _backward_reset_before(saved.gates, saved.states, d_out, dh,
-                               np.ascontiguousarray(rk[:, :2 * units].T),
-                               np.ascontiguousarray(rk[:, 2 * units:].T),
-                               saved.mask, saved.first, saved.act, saved.ract, d_xw, d_b_in)
+        zr_t = np.ascontiguousarray(rk[:, :2 * units].T)
+        h_t = np.ascontiguousarray(rk[:, 2 * units:].T)
+        _backward_reset_before(saved.gates, saved.states, d_out, dh, zr_t, pack_for(zr_t), h_t,
+                               pack_for(h_t), saved.mask, saved.first, saved.act, saved.ract, d_xw, d_b_in)
         h_prev = saved.states[:time].reshape(time * batch, units)
         d_recurrent = _pool.empty(rk.shape, rk.dtype)
         d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]

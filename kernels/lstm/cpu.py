@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _parts, _pool
 from .. import _validate as v
-from .._blas import gemm
+from .._microgemm import pack_for, product
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -35,15 +35,16 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_kernel(gates, recurrent_kernel, bias, h_states, c_states, tanh_c, out, mask, first,
-                    act, ract):
+def _forward_kernel(gates, recurrent_kernel, recurrent_packed, bias, h_states, c_states, tanh_c,
+                    out, mask, first, act, ract):
     # gates [T, B, 4H]: x W on entry, i | f | g | o on exit (unmasked rows).
     # h_states, c_states [T+1, B, H] (row 0: h0, c0); tanh_c [T, B, H] = act(c_t).
+    # recurrent_packed: the recurrent kernel packed for _microgemm.product, or empty.
     time, batch, width = gates.shape
     units = width // 4
     rec = np.empty((batch, width), gates.dtype)
     for t in range(time):
-        gemm(h_states[t], recurrent_kernel, rec, False)
+        product(h_states[t], recurrent_kernel, recurrent_packed, rec, False)
         for b in range(batch):
             if not mask[t, b]:
                 c_states[t + 1, b] = c_states[t, b]
@@ -75,7 +76,7 @@ def _forward_kernel(gates, recurrent_kernel, bias, h_states, c_states, tanh_c, o
 
 @jit
 def _backward_kernel(gates, h_states, c_states, tanh_c, x_tm, d_out, dh, dc, recurrent_kernel_t,
-                     kernel_t, mask, first, act, ract, steps, dz, dx_tm, d_kernel, d_recurrent,
+                     recurrent_t_packed, kernel_t, mask, first, act, ract, steps, dz, dx_tm, d_kernel, d_recurrent,
                      d_bias):
     # dh, dc [B, H]: dL/dh_T, dL/dc_T on entry, dL/dh_0, dL/dc_0 on exit. Time runs
     # backward in blocks of `steps` steps: dz [steps, B, 4H] (scratch, indexed
@@ -91,16 +92,16 @@ def _backward_kernel(gates, h_states, c_states, tanh_c, x_tm, d_out, dh, dc, rec
     hi = time
     while hi > 0:
         lo = max(0, hi - steps)
-        _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, mask,
-                        first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi)
+        _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t,
+                        recurrent_t_packed, mask, first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi)
         block_gradients(dz[:hi - lo], dz[:hi - lo], h_states[lo:hi], x_tm, kernel_t, lo, hi,
                         time, dx_tm, d_kernel, d_recurrent)
         hi = lo
 
 
 @jit
-def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, mask, first,
-                    act, ract, dz, d_bias, rec, slope, slope_c, lo, hi):
+def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, recurrent_t_packed,
+                    mask, first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi):
     # Steps hi-1 down to lo of the backward recurrence; dz rows indexed t - lo.
     batch, width = dz.shape[1], dz.shape[2]
     units = width // 4
@@ -138,7 +139,7 @@ def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, 
                 dcb[j] *= f[j]
             for j in range(width):
                 d_bias[j] += dzr[j]
-        gemm(dz[t - lo], recurrent_kernel_t, rec, False)
+        product(dz[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
         for b in range(batch):
             if mask[t, b]:
                 dh[b] = rec[b]
@@ -209,8 +210,8 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     c_states[0] = c0
     tanh_c = _pool.empty((time, batch, units), x.dtype)
     out = _pool.empty((batch, time, units), x.dtype)
-    _forward_kernel(gates, recurrent_kernel, bias, h_states, c_states, tanh_c, out, mask_tm,
-                    first, act, ract)
+    _forward_kernel(gates, recurrent_kernel, pack_for(recurrent_kernel), bias, h_states, c_states,
+                    tanh_c, out, mask_tm, first, act, ract)
     saved = LSTMSaved(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                       recurrent_kernel, has_bias, act, ract, go_backwards)
     return out, _pool.copy(h_states[time]), _pool.copy(c_states[time]), saved
@@ -240,9 +241,10 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     d_kernel = _pool.empty((inputs, width), dtype)
     d_recurrent = _pool.empty((units, width), dtype)
     d_bias = np.zeros(width)
+    recurrent_t = np.ascontiguousarray(saved.recurrent_kernel.T)
     _backward_kernel(saved.gates, saved.h_states, saved.c_states, saved.tanh_c, saved.x_tm, d_out,
-                     dh, dc, np.ascontiguousarray(saved.recurrent_kernel.T),
-                     np.ascontiguousarray(saved.kernel.T), saved.mask, saved.first, saved.act,
+                     dh, dc, recurrent_t, pack_for(recurrent_t), np.ascontiguousarray(saved.kernel.T),
+                     saved.mask, saved.first, saved.act,
                      saved.ract, steps, dz, dx_tm, d_kernel, d_recurrent, d_bias)
     dx = from_time_major(dx_tm, saved.go_backwards)
     return dx, dh, dc, d_kernel, d_recurrent, d_bias.astype(dtype) if saved.has_bias else None

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _parts, _pool
 from .. import _validate as v
-from .._blas import gemm
+from .._microgemm import pack_for, product
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -34,8 +34,8 @@ from .._cpu_common import (
 
 
 @jit
-def _forward_kernel(x_tm, kernel, recurrent_kernel, bias, states, out, mask, first, act,
-                    rec_mask):
+def _forward_kernel(x_tm, kernel, recurrent_kernel, recurrent_packed, bias, states, out, mask,
+                    first, act, rec_mask):
     # states [T+1, B, H] with states[0] = h0: rows 1.. first get x W (one GEMM for every
     # step), then step t adds (h_{t-1} * m) U and b and applies act in place, so
     # states[t + 1] = h_t with no separate projection buffer. out [B, T, H];
@@ -51,9 +51,9 @@ def _forward_kernel(x_tm, kernel, recurrent_kernel, bias, states, out, mask, fir
             for b in range(batch):
                 for j in range(units):
                     dropped[b, j] = h_prev[b, j] * rec_mask[b, j]
-            gemm(dropped, recurrent_kernel, pre, True)
+            product(dropped, recurrent_kernel, recurrent_packed, pre, True)
         else:
-            gemm(states[t], recurrent_kernel, pre, True)
+            product(states[t], recurrent_kernel, recurrent_packed, pre, True)
         if all_rows(mask, t):
             for b in range(batch):
                 row = pre[b]
@@ -75,8 +75,8 @@ def _forward_kernel(x_tm, kernel, recurrent_kernel, bias, states, out, mask, fir
 
 
 @jit
-def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask, first, act,
-                     rec_mask, steps, d_pre, h_masked, dx_tm, d_kernel, d_recurrent, d_bias):
+def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, recurrent_t_packed, kernel_t,
+                     mask, first, act, rec_mask, steps, d_pre, h_masked, dx_tm, d_kernel, d_recurrent, d_bias):
     # dh [B, H] holds dL/dh_T on entry and dL/dh_0 on exit. Time runs backward in
     # blocks of `steps` steps: d_pre [steps, B, H] (scratch, indexed t - block start)
     # = dL/d(pre-activation), and after each block three GEMMs turn it into the
@@ -113,7 +113,7 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, kernel_t, mask
                             d_bias[j] += row[j]
                     else:
                         row[:] = 0.0
-            gemm(d_pre[t - lo], recurrent_kernel_t, rec, False)
+            product(d_pre[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
             if full and not rec_mask.size:
                 dh[:] = rec
                 continue
@@ -192,8 +192,8 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     states = _pool.empty((time + 1, batch, units), x.dtype)
     states[0] = h0
     out = _pool.empty((batch, time, units), x.dtype)
-    _forward_kernel(x_tm, kernel, recurrent_kernel, bias, states, out, mask_tm, first, act,
-                    rec_mask)
+    _forward_kernel(x_tm, kernel, recurrent_kernel, pack_for(recurrent_kernel), bias, states, out,
+                    mask_tm, first, act, rec_mask)
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                            has_bias, act, go_backwards)
     return out, _pool.copy(states[time]), saved
@@ -228,8 +228,8 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_kernel = _pool.empty((inputs, units), dtype)
     d_recurrent = _pool.empty((units, units), dtype)
     d_bias = np.zeros(units)  # accumulated in float64 inside the loop
-    _backward_kernel(saved.states, saved.x_tm, d_out, dh,
-                     np.ascontiguousarray(saved.recurrent_kernel.T),
+    recurrent_t = np.ascontiguousarray(saved.recurrent_kernel.T)
+    _backward_kernel(saved.states, saved.x_tm, d_out, dh, recurrent_t, pack_for(recurrent_t),
                      np.ascontiguousarray(saved.kernel.T), saved.mask, saved.first, saved.act,
                      saved.recurrent_mask, steps, d_pre, h_masked, dx_tm, d_kernel, d_recurrent,
                      d_bias)
