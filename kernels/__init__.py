@@ -27,14 +27,16 @@ from .mingru import cpu as _mingru
 from .scan import cpu as _scan
 from .simple_rnn import cpu as _simple_rnn
 
-gru_forward = _dispatch.forward(_gru.gru_forward, "gru", kernel_at=1)
-gru_backward = _dispatch.backward(_gru.gru_backward, "gru")
-lstm_forward = _dispatch.forward(_lstm.lstm_forward, "lstm", kernel_at=2)
-lstm_backward = _dispatch.backward(_lstm.lstm_backward, "lstm")
+gru_forward = _dispatch.forward(_gru.gru_forward, "gru", kernel_at=1, recurrent=True)
+gru_backward = _dispatch.backward(_gru.gru_backward, "gru", recurrent=True)
+lstm_forward = _dispatch.forward(_lstm.lstm_forward, "lstm", kernel_at=2, recurrent=True)
+lstm_backward = _dispatch.backward(_lstm.lstm_backward, "lstm", recurrent=True)
 mingru_forward = _dispatch.forward(_mingru.mingru_forward, "mingru", kernel_at=1)
 mingru_backward = _dispatch.backward(_mingru.mingru_backward, "mingru")
-simple_rnn_forward = _dispatch.forward(_simple_rnn.simple_rnn_forward, "simple_rnn", kernel_at=1)
-simple_rnn_backward = _dispatch.backward(_simple_rnn.simple_rnn_backward, "simple_rnn")
+simple_rnn_forward = _dispatch.forward(_simple_rnn.simple_rnn_forward, "simple_rnn", kernel_at=1,
+                                       recurrent=True)
+simple_rnn_backward = _dispatch.backward(_simple_rnn.simple_rnn_backward, "simple_rnn",
+                                         recurrent=True)
 linear_scan = _dispatch.forward(_scan.linear_scan, "scan")
 linear_scan_backward = _dispatch.forward(_scan.linear_scan_backward, "scan")
 

@@ -32,7 +32,11 @@ def _work(x, kernel):
         return None
 
 
-def _one_thread(function, work, *args, **kwargs):
+def _rows(x, batch_axis):
+    return x.shape[batch_axis] if getattr(x, "ndim", 0) == 3 else None
+
+
+def _one_thread(function, work, rows, *args, **kwargs):
     """function(*args, **kwargs), with OpenBLAS held at one thread for a small call.
 
     A small call's products are too small for two threads to pay (SimpleRNN B32 T15
@@ -41,9 +45,10 @@ def _one_thread(function, work, *args, **kwargs):
     library's spinning thread pool may hold: right after a PyTorch call the same
     SimpleRNN call took 2.8 ms with two OpenBLAS threads and 0.29 ms with one.
     Calls made while someone else holds a limit, or inside `_parts.unsplit` (the
-    Keras layers, which choose their threads themselves), are left alone.
+    Keras layers, which choose their threads themselves), are left alone. `rows`: the
+    batch of a recurrence with a per-step product, else None (see _parts.few_rows).
     """
-    if not _parts.one_thread(work):
+    if not _parts.one_thread(work, rows):
         return function(*args, **kwargs)
     _blas.hold_threads(1)
     try:
@@ -52,9 +57,10 @@ def _one_thread(function, work, *args, **kwargs):
         _blas.release_threads()
 
 
-def forward(cpu_function, cell, kernel_at=None):
+def forward(cpu_function, cell, kernel_at=None, recurrent=False):
     """Wrap a CPU forward so that a CuPy `x` (first argument) goes to <cell>.cuda.
-    `kernel_at`: the position of the `kernel` argument after x, for the call's work."""
+    `kernel_at`: the position of the `kernel` argument after x, for the call's work;
+    `recurrent`: the cell has a per-step recurrent product (see _parts.few_rows)."""
     name = cpu_function.__name__
 
     @functools.wraps(cpu_function)
@@ -64,13 +70,15 @@ def forward(cpu_function, cell, kernel_at=None):
         if kernel_at is None:
             return cpu_function(x, *args, **kwargs)
         kernel = args[kernel_at] if len(args) > kernel_at else kwargs.get("kernel")
-        return _one_thread(cpu_function, _work(x, kernel), x, *args, **kwargs)
+        return _one_thread(cpu_function, _work(x, kernel), _rows(x, 0) if recurrent else None,
+                           x, *args, **kwargs)
 
     return dispatch
 
 
-def backward(cpu_function, cell):
-    """Wrap a CPU backward so that a `saved` from a CUDA forward goes to <cell>.cuda."""
+def backward(cpu_function, cell, recurrent=False):
+    """Wrap a CPU backward so that a `saved` from a CUDA forward goes to <cell>.cuda.
+    `recurrent` as for `forward` (its saved x is time-major, [T, B, I])."""
     name = cpu_function.__name__
 
     @functools.wraps(cpu_function)
@@ -78,7 +86,7 @@ def backward(cpu_function, cell):
         if type(saved).__module__.endswith(".cuda"):
             return _cuda_function(cell, name)(saved, *args, **kwargs)
         x = getattr(saved, "x_tm", getattr(saved, "x_p", None))
-        return _one_thread(cpu_function, _work(x, getattr(saved, "kernel", None)), saved,
-                           *args, **kwargs)
+        return _one_thread(cpu_function, _work(x, getattr(saved, "kernel", None)),
+                           _rows(x, 1) if recurrent else None, saved, *args, **kwargs)
 
     return dispatch

@@ -100,15 +100,18 @@ def _run_parts(fn, n):
     return [f.result() for f in futures] + [last]
 
 
-def _plan(x, width, max_parts):
-    """(parts, BLAS threads or None for the library's own count) for a call on x."""
+def _plan(x, width, max_parts, recurrent=True):
+    """(parts, BLAS threads or None for the library's own count) for a call on x.
+    `recurrent`: the cell has a per-step recurrent product (kernels._parts.few_rows)."""
     if _FORCED_THREADS:
         return 1, int(_FORCED_THREADS)
     batch, time, features = x.shape
     if _parts.work(batch, time, features, width) < _parts.SMALL_WORK:
         return 1, 1
     parts = _parts.plan(batch, time, features, width, max_parts)
-    return (parts, 1) if parts > 1 else (1, None)
+    if parts > 1:
+        return parts, 1
+    return 1, (1 if recurrent and _parts.few_rows(batch) else None)
 
 
 def _with_threads(threads, fn):
@@ -188,7 +191,8 @@ def _eager(fn):
 
 
 def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, units,
-                recurrent_mask=None, carry=None, restore=None, n_carry=None, device="cpu"):
+                recurrent_mask=None, carry=None, restore=None, n_carry=None, device="cpu",
+                recurrent=True):
     """Differentiable (outputs [B, T, H], [final states, each [B, H]]).
 
     `forward(x, *states0, *weights, mask, recurrent_mask) -> (out, *states, saved)`
@@ -199,6 +203,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
     gradient. `carry(saved)` lists the arrays the backward cannot rebuild and
     `restore(carried, x, states0, weights, mask, recurrent_mask)` rebuilds `saved`
     (`n_carry` arrays); by default the recurrent cells' (kernels._validate).
+    `recurrent`: the cell has a per-step recurrent product (False for minGRU).
     """
     if carry is None:
         n_carry = sum(f.type is np.ndarray and f.name not in _validate.DERIVED_FIELDS
@@ -251,7 +256,7 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
         if gpu_route:
             parts, threads = 1, None
         else:
-            parts, threads = _plan(x_np, width, max_parts)
+            parts, threads = _plan(x_np, width, max_parts, recurrent)
         slices = _parts.slices(x_np.shape[0], parts)
 
         def part(i):
@@ -288,9 +293,9 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
                 elif carried_in:
                     # As many parts as the forward used: the others carried nothing.
                     parts = sum(carried_in[i * n_carry].size > 0 for i in range(max_parts))
-                    threads = 1 if parts > 1 else _plan(x_np, width, 1)[1]
+                    threads = 1 if parts > 1 else _plan(x_np, width, 1, recurrent)[1]
                 else:
-                    parts, threads = _plan(x_np, width, max_parts)
+                    parts, threads = _plan(x_np, width, max_parts, recurrent)
                 slices = _parts.slices(x_np.shape[0], parts)
 
                 def part(i):
@@ -377,7 +382,7 @@ def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
     out, (h_last,) = _recurrence(
         forward, kernels.mingru_backward, mingru_cpu.MinGRUSaved, {}, x, [h0], [kernel, bias],
         mask, kernel.shape[1] // 2, carry=lambda saved: [saved.gates], restore=restore,
-        n_carry=1, device=device)
+        n_carry=1, device=device, recurrent=False)
     return out, h_last
 
 

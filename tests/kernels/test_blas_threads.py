@@ -178,11 +178,21 @@ def test_small_direct_calls_hold_openblas_at_one_thread(monkeypatch, cell):
     assert held == [1, 1] and _blas.holders() == before
     held.clear()
     monkeypatch.setattr(_parts, "ONE_THREAD_WORK", 0)
+    from fastrnn.kernels import _microgemm
+
+    monkeypatch.setattr(_microgemm, "ENABLED", False)
     large = call()
     assert held == []
-    for a, b in zip(small[0] + list(small[1]), large[0] + list(large[1])):
-        if a is not None:
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Large but with too few rows to split (B3 < 2 * MIN_ROWS): the recurrent cells
+    # hold one thread where the packed per-step product runs; minGRU does not.
+    monkeypatch.setattr(_microgemm, "ENABLED", True)
+    few_rows = call()
+    assert held == ([] if cell == "mingru" else [1, 1]) and _blas.holders() == before
+    held.clear()
+    for other in (large, few_rows):
+        for a, b in zip(small[0] + list(small[1]), other[0] + list(other[1])):
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(_parts, "ONE_THREAD_WORK", 1 << 40)
     with _blas.limit_threads(2):
         held.clear()

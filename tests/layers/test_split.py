@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import fastrnn
 from fastrnn import ops
-from fastrnn.kernels import _parts
+from fastrnn.kernels import _microgemm, _parts
 from fastrnn.ops import recurrence
 
 from test_parity import compare, random_mask
@@ -39,15 +39,22 @@ def split_into(monkeypatch):
     return force
 
 
-def test_plan():
+def test_plan(monkeypatch):
     # Small calls: one part, one BLAS thread. Large: one part per core with at
-    # least MIN_ROWS rows, one BLAS thread each; too few rows: the library's threads.
+    # least MIN_ROWS rows, one BLAS thread each; too few rows: one thread for the
+    # recurrent cells where the packed per-step product runs (kernels._microgemm),
+    # else (minGRU, or without it) the library's threads.
     small = np.empty((4, 3, 2), np.float32)
     assert recurrence._plan(small, 12, 2) == (1, 1)
     large = np.empty((64, 100, 128), np.float32)
     assert recurrence._plan(large, 768, 2) == (2, 1)
     assert recurrence._plan(large, 768, 16) == (64 // _parts.MIN_ROWS, 1)
-    assert recurrence._plan(large[:_parts.MIN_ROWS + 1], 768, 2) == (1, None)
+    few = large[:_parts.MIN_ROWS + 1]
+    assert recurrence._plan(few, 768, 2, recurrent=False) == (1, None)
+    monkeypatch.setattr(_microgemm, "ENABLED", True)
+    assert recurrence._plan(few, 768, 2) == (1, 1)
+    monkeypatch.setattr(_microgemm, "ENABLED", False)
+    assert recurrence._plan(few, 768, 2) == (1, None)
     assert recurrence._plan(large, 768, 1) == (1, None)
     assert [(s.start, s.stop) for s in _parts.slices(5, 3)] == [(0, 1), (1, 3), (3, 5)]
 
