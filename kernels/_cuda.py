@@ -1,10 +1,12 @@
 """Pieces every CUDA launcher shares: finding the GPU stack, the array module,
 launches on CuPy's stream, per-dtype kernel sets, and device math.
 
-The CUDA kernels take CuPy arrays and give CuPy arrays back. GEMMs go through
-CuPy (cuBLAS); the fused elementwise passes and the scans are numba.cuda
-kernels, launched on CuPy's current stream so that they queue in order with
-the GEMMs and nothing synchronizes inside a call.
+The CUDA kernels take CuPy arrays and give CuPy arrays back. The GEMMs over
+all steps go through CuPy (cuBLAS); each recurrence runs as one numba.cuda
+"loop kernel" per call (one block per batch row, every step inside the kernel,
+see kernels/_cuda_block.py), and the scans and minGRU passes as numba.cuda
+kernels; all are launched on CuPy's current stream so that they queue in order
+with the GEMMs and nothing synchronizes inside a call.
 
 Under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) the same launchers take
 NumPy arrays and the GEMMs run in NumPy, so every kernel can be checked in CI
@@ -33,10 +35,32 @@ def is_cupy_array(x):
     return cupy is not None and isinstance(x, cupy.ndarray)
 
 
+def numpy_conflict():
+    """Why this NumPy and numba-cuda cannot work together (None when they can).
+
+    numba-cuda 0.30.4 and earlier register an overload of np.row_stack, which
+    NumPy 2.5 removed: their first kernel launch raises AttributeError
+    (NVIDIA/numba-cuda#907; numba-cuda is in maintenance mode and will not fix it).
+    """
+    if hasattr(np, "row_stack"):
+        return None
+    from importlib import metadata
+
+    try:
+        version = metadata.version("numba-cuda")
+    except metadata.PackageNotFoundError:
+        return None
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    if parts and parts <= (0, 30, 4):
+        return (f"numba-cuda {version} cannot launch kernels with NumPy {np.__version__} "
+                "(it needs np.row_stack, removed in NumPy 2.5): install numpy<2.5")
+    return None
+
+
 @functools.cache
 def gpu_available():
     """True when CuPy and numba-cuda import and a CUDA GPU is visible (never under the simulator)."""
-    if simulator():
+    if simulator() or numpy_conflict() is not None:
         return False
     try:
         import cupy
@@ -53,6 +77,9 @@ def missing_reason():
     """Why the CUDA kernels cannot run here (None when they can)."""
     if simulator() or gpu_available():
         return None
+    conflict = numpy_conflict()
+    if conflict is not None:
+        return conflict
     missing = []
     for module in ("cupy", "numba.cuda"):
         try:
@@ -125,6 +152,92 @@ def launch(kernel, n, stream, *args):
         kernel[blocks_for(n, threads), threads](*args)
     else:
         kernel[blocks_for(n, threads), threads, stream](*args)
+
+
+def rows_threads():
+    """Threads per block of the loop kernels (one block per batch row).
+
+    Under the simulator every thread is a Python thread and every barrier is
+    released by polling them all: 8 threads keep the tests fast and still run
+    both branches of matvec (split sums where a matrix has 4 columns or fewer).
+    """
+    return 8 if simulator() else ROW_THREADS
+
+
+ROW_THREADS = 512
+# Registers a loop kernel may use per thread, so that ROW_THREADS fit in one
+# block (65536 registers per SM): without the cap the GRU kernels compile to
+# more than 128 and fail to launch with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.
+ROW_REGISTERS = 65536 // ROW_THREADS
+
+
+def row_jit_options():
+    """cuda.jit options of the loop kernels (the simulator takes none)."""
+    return {} if simulator() else {"max_registers": ROW_REGISTERS}
+DEFAULT_SHARED_BYTES = 48 * 1024  # what a block gets without asking (every GPU since Kepler)
+# Under the simulator only a few rows of U fit, so that tests run both the cached
+# and the uncached part of _cuda_block.matvec.
+SIMULATOR_CACHE_FLOATS = 40
+
+
+@functools.cache
+def _shared_limit_bytes(device_id):
+    """Dynamic shared memory one block may have after opting in (227 KiB on an H100)."""
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(device_id)
+    return int(props.get("sharedMemPerBlockOptin", DEFAULT_SHARED_BYTES))
+
+
+def row_plan(dtype, depth, mats):
+    """How a loop kernel uses shared memory: (rows of each matrix cached, shared bytes).
+
+    depth: the longest vector a matvec reads; mats: (rows, cols) of each
+    recurrent matrix, whose first rows are cached in the same proportion, as
+    many as fit (see kernels/_cuda_block.py for the layout).
+    """
+    itemsize = np.dtype(dtype).itemsize
+    base = rows_threads() + depth
+    if simulator():
+        budget = SIMULATOR_CACHE_FLOATS
+    else:
+        import cupy
+
+        budget = _shared_limit_bytes(cupy.cuda.Device().id) // itemsize - base
+    total = sum(r * c for r, c in mats)
+    share = min(1.0, max(budget, 0) / total) if total else 0.0
+    cached = [int(share * r) for r, _ in mats]
+    floats = base + sum(n * c for n, (_, c) in zip(cached, mats))
+    return cached, floats * itemsize
+
+
+_allowed = {}
+
+
+def _allow_shared(kernel, args):
+    """Let the compiled kernel for `args` take all the dynamic shared memory a block may have.
+
+    Past 48 KiB a kernel must opt in (cuFuncSetAttribute); numba-cuda has no
+    launch option for it, so it is set on the compiled function, once.
+    """
+    from numba.cuda.cudadrv import driver
+
+    compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+    func = compiled._codelibrary.get_cufunc()
+    key = (id(compiled), func.device.id)
+    if key not in _allowed:
+        attr = driver.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        driver.driver.cuKernelSetAttribute(attr, _shared_limit_bytes(func.device.id),
+                                           func.handle, func.device.id)
+        _allowed[key] = compiled
+
+
+def launch_rows(kernel, batch, stream, shared, *args):
+    """Run a loop kernel with one block per batch row on `stream`, with `shared` bytes
+    of dynamic shared memory (see row_plan)."""
+    if shared > DEFAULT_SHARED_BYTES and not simulator():
+        _allow_shared(kernel, args)
+    kernel[batch, rows_threads(), stream or 0, shared](*args)
 
 
 def matmul(xp, a, b, out=None):

@@ -3,15 +3,16 @@
 Same equations, layout (z | r | h), signatures and `saved` contents as the CPU
 kernels (kernels/gru/cpu.py), with CuPy arrays in and out. Time-major inside.
 
-Forward, reset_after=True: one GEMM projects every step's input; per step one
-GEMM (h_{t-1} U, [B, 3H]) and one fused kernel (one thread per (b, j)) that
-computes z, r, hh, c and h_t and applies the mask rule. reset_after=False: per
-step GEMM h U_zr, a kernel for z, r and r*h, GEMM (r*h) U_h, a kernel for c, h.
+Forward: one GEMM projects every step's input, then one loop kernel in which a
+block per batch row runs every step (kernels/_cuda_block.py). reset_after=True:
+per step the matvec h_{t-1} U ([3H]) and the fused step that computes z, r, hh,
+c and h_t and applies the mask rule. reset_after=False: matvec h U_zr, z, r and
+r*h, matvec (r*h) U_h, then c and h.
 
-Backward: per step one fused kernel for the gate gradients, then the GEMM
-dG U^T, whose result the next step's kernel adds to dh (rows of dG are zero on
-masked steps, so the product needs no mask). Weight gradients: one GEMM each
-after the loop; bias gradients: column sums.
+Backward: one loop kernel, per step the gate gradients, then the matvec
+dG U^T, which the next step adds to dh (rows of dG are zero on masked steps, so
+the product needs no mask). Weight gradients: one GEMM each after the loop;
+bias gradients: column sums.
 
 Memory per step and batch row as on the CPU: x_t, z | r | c, hh or r*h_{t-1}, h_t.
 """
@@ -23,23 +24,21 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .._cuda_block import block_math
 from .cpu import GRUSaved
 
 
 def _build(F):
     m = cu.device_math(F)
     activate, activation_grad, one, zero = m.activate, m.activation_grad, m.one, m.zero
+    bm = block_math(F)
+    matvec, stage = bm.matvec, bm.stage
 
-    @cuda.jit
-    def forward_reset_after(gates, rec, b_in, b_rec, states, hh_saved, out, mask, first, t,
-                            act, ract):
+    @cuda.jit(device=True)
+    def forward_reset_after_step(gates, rec, b_in, b_rec, states, hh_saved, out, mask, first, t,
+                                 act, ract, b, j):
         # gates [T, B, 3H]: x W in, z | r | c out; rec [B, 3H] = h_{t-1} U.
-        i = cuda.grid(1)
-        batch, units = states.shape[1], states.shape[2]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = states.shape[2]
         h_prev = states[t, b, j]
         if mask[t, b]:
             z = activate(ract, gates[t, b, j] + rec[b, j] + b_in[j] + b_rec[j])
@@ -59,16 +58,11 @@ def _build(F):
             states[t + 1, b, j] = h_prev
             out[b, t, j] = h_prev if t > first[b] else zero
 
-    @cuda.jit
-    def backward_reset_after(gates, hh_saved, states, d_out, dh, rec, mask, first, t, act,
-                             ract, d_xw, d_hu):
+    @cuda.jit(device=True)
+    def backward_reset_after_step(gates, hh_saved, states, d_out, dh, rec, mask, first, t, act,
+                                  ract, d_xw, d_hu, b, j):
         # dh [B, H]: dL/dh_t less the recurrent part, which is rec = dG_{t+1} U^T.
-        i = cuda.grid(1)
-        batch, units = dh.shape[0], dh.shape[1]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = dh.shape[1]
         g = dh[b, j] + rec[b, j]
         if t >= first[b]:
             g += d_out[b, t, j]
@@ -96,15 +90,10 @@ def _build(F):
             d_hu[t, b, k] = zero
             dh[b, j] = g
 
-    @cuda.jit
-    def forward_zr(gates, rec_zr, bias, states, rh_saved, mask, t, ract):
+    @cuda.jit(device=True)
+    def forward_zr_step(gates, rec_zr, bias, states, rh_saved, mask, t, ract, b, j):
         # reset_after=False, first half: z, r in place; rh = r * h_{t-1} (0 when masked).
-        i = cuda.grid(1)
-        batch, units = states.shape[1], states.shape[2]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = states.shape[2]
         if mask[t, b]:
             z = activate(ract, gates[t, b, j] + rec_zr[b, j] + bias[j])
             k = units + j
@@ -115,15 +104,10 @@ def _build(F):
         else:
             rh_saved[t, b, j] = zero
 
-    @cuda.jit
-    def forward_h(gates, rec_h, bias, states, out, mask, first, t, act):
+    @cuda.jit(device=True)
+    def forward_h_step(gates, rec_h, bias, states, out, mask, first, t, act, b, j):
         # reset_after=False, second half: c = act(x W_h + b_h + (r h) U_h), then h_t.
-        i = cuda.grid(1)
-        batch, units = states.shape[1], states.shape[2]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = states.shape[2]
         h_prev = states[t, b, j]
         if mask[t, b]:
             k = 2 * units + j
@@ -137,15 +121,11 @@ def _build(F):
             states[t + 1, b, j] = h_prev
             out[b, t, j] = h_prev if t > first[b] else zero
 
-    @cuda.jit
-    def backward_zc(gates, states, d_out, dh, rec, mask, first, t, act, ract, d_xw, d_pc):
+    @cuda.jit(device=True)
+    def backward_zc_step(gates, states, d_out, dh, rec, mask, first, t, act, ract, d_xw, d_pc, b,
+                         j):
         # reset_after=False, first half: dpz, dpc; dh = g z. rec = dG_zr(t+1) U_zr^T.
-        i = cuda.grid(1)
-        batch, units = dh.shape[0], dh.shape[1]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = dh.shape[1]
         g = dh[b, j] + rec[b, j]
         if t >= first[b]:
             g += d_out[b, t, j]
@@ -164,15 +144,10 @@ def _build(F):
             d_pc[b, j] = zero
             dh[b, j] = g
 
-    @cuda.jit
-    def backward_r(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr):
+    @cuda.jit(device=True)
+    def backward_r_step(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr, b, j):
         # reset_after=False, second half: d_rh = dpc U_h^T gives dpr and dh += d_rh r.
-        i = cuda.grid(1)
-        batch, units = dh.shape[0], dh.shape[1]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = dh.shape[1]
         k = units + j
         if mask[t, b]:
             r = gates[t, b, k]
@@ -187,18 +162,109 @@ def _build(F):
             d_zr[b, j] = zero
             d_zr[b, k] = zero
 
+    # The loop kernels: one block per batch row b runs every step, the
+    # per-step products with U through matvec (see kernels/_cuda_block.py).
+
+    @cuda.jit(**cu.row_jit_options())
+    def forward_reset_after(gates, u, rec, b_in, b_rec, states, hh_saved, out, mask, first,
+                            cached, act, ract):
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = gates.shape[0], states.shape[2]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + units]
+        cache = shared[threads + units:]
+        stage(u, cached, cache)
+        cuda.syncthreads()
+        for t in range(time):
+            matvec(states[t, b], u, cache, cached, rec[b], scratch, vs)
+            cuda.syncthreads()
+            for j in range(tid, units, threads):
+                forward_reset_after_step(gates, rec, b_in, b_rec, states, hh_saved, out, mask,
+                                         first, t, act, ract, b, j)
+            cuda.syncthreads()
+
+    @cuda.jit(**cu.row_jit_options())
+    def backward_reset_after(gates, hh_saved, states, d_out, dh, rec, mask, first, act, ract,
+                             d_xw, d_hu, u_t, cached):
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = gates.shape[0], dh.shape[1]
+        depth = u_t.shape[0]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + depth]
+        cache = shared[threads + depth:]
+        stage(u_t, cached, cache)
+        cuda.syncthreads()
+        for t in range(time - 1, -1, -1):
+            for j in range(tid, units, threads):
+                backward_reset_after_step(gates, hh_saved, states, d_out, dh, rec, mask, first, t,
+                                          act, ract, d_xw, d_hu, b, j)
+            cuda.syncthreads()
+            matvec(d_hu[t, b], u_t, cache, cached, rec[b], scratch, vs)
+            cuda.syncthreads()
+
+    @cuda.jit(**cu.row_jit_options())
+    def forward_reset_before(gates, u_zr, u_h, rec_zr, rec_h, bias, states, rh_saved, out, mask,
+                             first, cached_zr, cached_h, act, ract):
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = gates.shape[0], states.shape[2]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + units]
+        split = threads + units + cached_zr * 2 * units
+        cache_zr, cache_h = shared[threads + units:split], shared[split:]
+        stage(u_zr, cached_zr, cache_zr)
+        stage(u_h, cached_h, cache_h)
+        cuda.syncthreads()
+        for t in range(time):
+            matvec(states[t, b], u_zr, cache_zr, cached_zr, rec_zr[b], scratch, vs)
+            cuda.syncthreads()
+            for j in range(tid, units, threads):
+                forward_zr_step(gates, rec_zr, bias, states, rh_saved, mask, t, ract, b, j)
+            cuda.syncthreads()
+            matvec(rh_saved[t, b], u_h, cache_h, cached_h, rec_h[b], scratch, vs)
+            cuda.syncthreads()
+            for j in range(tid, units, threads):
+                forward_h_step(gates, rec_h, bias, states, out, mask, first, t, act, b, j)
+            cuda.syncthreads()
+
+    @cuda.jit(**cu.row_jit_options())
+    def backward_reset_before(gates, states, d_out, dh, rec, mask, first, act, ract, d_xw, d_pc,
+                              d_rh, d_zr, u_h_t, u_zr_t, cached_h, cached_zr):
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = gates.shape[0], dh.shape[1]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + 2 * units]
+        split = threads + 2 * units + cached_h * units
+        cache_h, cache_zr = shared[threads + 2 * units:split], shared[split:]
+        stage(u_h_t, cached_h, cache_h)
+        stage(u_zr_t, cached_zr, cache_zr)
+        cuda.syncthreads()
+        for t in range(time - 1, -1, -1):
+            for j in range(tid, units, threads):
+                backward_zc_step(gates, states, d_out, dh, rec, mask, first, t, act, ract, d_xw,
+                                 d_pc, b, j)
+            cuda.syncthreads()
+            matvec(d_pc[b], u_h_t, cache_h, cached_h, d_rh[b], scratch, vs)
+            cuda.syncthreads()
+            for j in range(tid, units, threads):
+                backward_r_step(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr, b, j)
+            cuda.syncthreads()
+            matvec(d_zr[b], u_zr_t, cache_zr, cached_zr, rec[b], scratch, vs)
+            cuda.syncthreads()
+
     return dict(forward_reset_after=forward_reset_after, backward_reset_after=backward_reset_after,
-                forward_zr=forward_zr, forward_h=forward_h, backward_zc=backward_zc,
-                backward_r=backward_r)
+                forward_reset_before=forward_reset_before,
+                backward_reset_before=backward_reset_before)
 
 
 KERNELS = cu.KernelSet(_build, {
-    "forward_reset_after": "f3 f2 f1 f1 f3 f3 f3 b2 i1 i i i",
-    "backward_reset_after": "f3 f3 f3 f3 f2 f2 b2 i1 i i i f3 f3",
-    "forward_zr": "f3 f2 f1 f3 f3 b2 i i",
-    "forward_h": "f3 f2 f1 f3 f3 b2 i1 i i",
-    "backward_zc": "f3 f3 f3 f2 f2 b2 i1 i i i f3 f2",
-    "backward_r": "f3 f3 f2 f2 b2 i i f3 f2",
+    "forward_reset_after": "f3 f2 f2 f1 f1 f3 f3 f3 b2 i1 i i i",
+    "backward_reset_after": "f3 f3 f3 f3 f2 f2 b2 i1 i i f3 f3 f2 i",
+    "forward_reset_before": "f3 f2 f2 f2 f2 f1 f3 f3 f3 b2 i1 i i i i",
+    "backward_reset_before": "f3 f3 f3 f2 f2 b2 i1 i i f3 f2 f2 f2 f2 f2 i i",
 })
 
 
@@ -228,7 +294,6 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
         bias = xp.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
     k = KERNELS.get(x.dtype)
     stream = cu.stream_for(xp)
-    n = batch * units
 
     x_tm = cu.to_time_major(xp, x, go_backwards)
     gates = cu.matmul(xp, x_tm.reshape(time * batch, -1), kernel).reshape(time, batch, 3 * units)
@@ -240,24 +305,20 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     d_gates, d_states, d_extra, d_out, d_mask, d_first = d
     if reset_after:
         rec = xp.empty((batch, 3 * units), x.dtype)
-        d_rec, d_b_in, d_b_rec = cu.device(rec), cu.device(bias[0]), cu.device(bias[1])
-        for t in range(time):
-            cu.matmul(xp, states[t], recurrent_kernel, out=rec)
-            cu.launch(k.forward_reset_after, n, stream, d_gates, d_rec, d_b_in, d_b_rec,
-                      d_states, d_extra, d_out, d_mask, d_first, t, act, ract)
+        (cached,), shared = cu.row_plan(x.dtype, units, [(units, 3 * units)])
+        cu.launch_rows(k.forward_reset_after, batch, stream, shared, d_gates,
+                       cu.device(recurrent_kernel), cu.device(rec), cu.device(bias[0]),
+                       cu.device(bias[1]), d_states, d_extra, d_out, d_mask, d_first, cached, act,
+                       ract)
     else:
         u_zr = xp.ascontiguousarray(recurrent_kernel[:, :2 * units])
         u_h = xp.ascontiguousarray(recurrent_kernel[:, 2 * units:])
         rec_zr = xp.empty((batch, 2 * units), x.dtype)
         rec_h = xp.empty((batch, units), x.dtype)
-        d_rec_zr, d_rec_h, d_bias = cu.device(rec_zr), cu.device(rec_h), cu.device(bias)
-        for t in range(time):
-            cu.matmul(xp, states[t], u_zr, out=rec_zr)
-            cu.launch(k.forward_zr, n, stream, d_gates, d_rec_zr, d_bias, d_states, d_extra,
-                      d_mask, t, ract)
-            cu.matmul(xp, extra[t], u_h, out=rec_h)
-            cu.launch(k.forward_h, n, stream, d_gates, d_rec_h, d_bias, d_states, d_out, d_mask,
-                      d_first, t, act)
+        cached, shared = cu.row_plan(x.dtype, units, [(units, 2 * units), (units, units)])
+        cu.launch_rows(k.forward_reset_before, batch, stream, shared, d_gates,
+                       *[cu.device(a) for a in (u_zr, u_h, rec_zr, rec_h, bias)], d_states,
+                       d_extra, d_out, d_mask, d_first, *cached, act, ract)
     saved = GRUSavedCUDA(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
                          has_bias, bool(reset_after), act, ract, go_backwards)
     return out, states[time].copy(), saved
@@ -274,7 +335,6 @@ def gru_backward(saved, d_out, d_h_last):
     dh = v.check_grad(d_h_last, "d_h_last", (batch, units), dtype, xp).copy()
     k = KERNELS.get(dtype)
     stream = cu.stream_for(xp)
-    n = batch * units
     rk = saved.recurrent_kernel
     d_xw = xp.empty((time, batch, width), dtype)
     rec = xp.zeros((batch, units), dtype)
@@ -286,12 +346,11 @@ def gru_backward(saved, d_out, d_h_last):
     d_xw2 = d_xw.reshape(time * batch, width)
     if saved.reset_after:
         d_hu = xp.empty((time, batch, width), dtype)
-        d_d_hu = cu.device(d_hu)
         rk_t = xp.ascontiguousarray(rk.T)
-        for t in range(time - 1, -1, -1):
-            cu.launch(k.backward_reset_after, n, stream, d_gates, d_extra, d_states, d_dout,
-                      d_dh, d_rec, d_mask, d_first, t, saved.act, saved.ract, d_d_xw, d_d_hu)
-            cu.matmul(xp, d_hu[t], rk_t, out=rec)
+        (cached,), shared = cu.row_plan(dtype, width, [(width, units)])
+        cu.launch_rows(k.backward_reset_after, batch, stream, shared, d_gates, d_extra, d_states,
+                       d_dout, d_dh, d_rec, d_mask, d_first, saved.act, saved.ract, d_d_xw,
+                       cu.device(d_hu), cu.device(rk_t), cached)
         dh += rec
         d_hu2 = d_hu.reshape(time * batch, width)
         d_recurrent = cu.matmul(xp, h_prev.T, d_hu2)
@@ -304,14 +363,10 @@ def gru_backward(saved, d_out, d_h_last):
         d_pc = xp.empty((batch, units), dtype)
         d_rh = xp.empty((batch, units), dtype)
         d_zr = xp.empty((batch, 2 * units), dtype)
-        d_d_pc, d_d_rh, d_d_zr = cu.device(d_pc), cu.device(d_rh), cu.device(d_zr)
-        for t in range(time - 1, -1, -1):
-            cu.launch(k.backward_zc, n, stream, d_gates, d_states, d_dout, d_dh, d_rec, d_mask,
-                      d_first, t, saved.act, saved.ract, d_d_xw, d_d_pc)
-            cu.matmul(xp, d_pc, u_h_t, out=d_rh)
-            cu.launch(k.backward_r, n, stream, d_gates, d_states, d_dh, d_d_rh, d_mask, t,
-                      saved.ract, d_d_xw, d_d_zr)
-            cu.matmul(xp, d_zr, u_zr_t, out=rec)
+        cached, shared = cu.row_plan(dtype, 2 * units, [(units, units), (2 * units, units)])
+        cu.launch_rows(k.backward_reset_before, batch, stream, shared, d_gates, d_states, d_dout,
+                       d_dh, d_rec, d_mask, d_first, saved.act, saved.ract, d_d_xw,
+                       *[cu.device(a) for a in (d_pc, d_rh, d_zr, u_h_t, u_zr_t)], *cached)
         dh += rec
         d_recurrent = xp.empty_like(rk)
         d_recurrent[:, :2 * units] = cu.matmul(xp, h_prev.T, d_xw2[:, :2 * units])

@@ -1,9 +1,11 @@
 """LSTM forward and backward on the GPU: cuBLAS GEMMs (CuPy) + fused numba.cuda passes.
 
 Gate order i | f | c | o as Keras; same signatures and semantics as
-kernels/lstm/cpu.py, CuPy arrays in and out. Per step one GEMM (h_{t-1} U,
-[B, 4H]) and one fused kernel (one thread per (b, j)) forward; one fused kernel
-and one GEMM (dz U^T) backward; weight gradients one GEMM each after the loop.
+kernels/lstm/cpu.py, CuPy arrays in and out. One GEMM for every step's input,
+then one loop kernel each way, a block per batch row running every step
+(kernels/_cuda_block.py): forward the matvec h_{t-1} U ([4H]) and the fused
+step, backward the fused step and the matvec dz U^T; weight gradients one
+GEMM each after the loop.
 Saved per step and batch row: x_t, i | f | g | o (4H), h_t, c_t and act(c_t).
 """
 
@@ -13,22 +15,21 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .._cuda_block import block_math
 from .cpu import LSTMSaved
 
 
 def _build(F):
     m = cu.device_math(F)
     activate, activation_grad, zero = m.activate, m.activation_grad, m.zero
+    bm = block_math(F)
+    matvec, stage = bm.matvec, bm.stage
 
-    @cuda.jit
-    def forward(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t, act, ract):
+    @cuda.jit(device=True)
+    def forward_step(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t, act, ract,
+                     b, j):
         # gates [T, B, 4H]: x W in, i | f | g | o out (unmasked rows); rec [B, 4H] = h U.
-        i = cuda.grid(1)
-        batch, units = h_states.shape[1], h_states.shape[2]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = h_states.shape[2]
         if mask[t, b]:
             ig = activate(ract, gates[t, b, j] + rec[b, j] + bias[j])
             k = units + j
@@ -54,15 +55,11 @@ def _build(F):
             h_states[t + 1, b, j] = h_prev
             out[b, t, j] = h_prev if t > first[b] else zero
 
-    @cuda.jit
-    def backward(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, t, act, ract, dz):
+    @cuda.jit(device=True)
+    def backward_step(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, t, act, ract, dz,
+                      b, j):
         # rec = dz_{t+1} U^T (zero rows where step t+1 was masked).
-        i = cuda.grid(1)
-        batch, units = dh.shape[0], dh.shape[1]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
+        units = dh.shape[1]
         gh = dh[b, j] + rec[b, j]
         if t >= first[b]:
             gh += d_out[b, t, j]
@@ -84,12 +81,54 @@ def _build(F):
                 dz[t, b, q * units + j] = zero
             dh[b, j] = gh
 
+    # The loop kernels: one block per batch row b runs every step, the
+    # per-step products with U through matvec (see kernels/_cuda_block.py).
+
+    @cuda.jit(**cu.row_jit_options())
+    def forward(gates, u, rec, bias, h_states, c_states, tanh_c, out, mask, first, cached, act,
+                ract):
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = gates.shape[0], h_states.shape[2]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + units]
+        cache = shared[threads + units:]
+        stage(u, cached, cache)
+        cuda.syncthreads()
+        for t in range(time):
+            matvec(h_states[t, b], u, cache, cached, rec[b], scratch, vs)
+            cuda.syncthreads()
+            for j in range(tid, units, threads):
+                forward_step(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t,
+                             act, ract, b, j)
+            cuda.syncthreads()
+
+    @cuda.jit(**cu.row_jit_options())
+    def backward(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, act, ract, dz, u_t,
+                 cached):
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = gates.shape[0], dh.shape[1]
+        depth = u_t.shape[0]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + depth]
+        cache = shared[threads + depth:]
+        stage(u_t, cached, cache)
+        cuda.syncthreads()
+        for t in range(time - 1, -1, -1):
+            for j in range(tid, units, threads):
+                backward_step(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, t, act,
+                              ract, dz, b, j)
+            cuda.syncthreads()
+            matvec(dz[t, b], u_t, cache, cached, rec[b], scratch, vs)
+            cuda.syncthreads()
+
     return dict(forward=forward, backward=backward)
 
 
 KERNELS = cu.KernelSet(_build, {
-    "forward": "f3 f2 f1 f3 f3 f3 f3 b2 i1 i i i",
-    "backward": "f3 f3 f3 f3 f2 f2 f2 b2 i1 i i i f3",
+    "forward": "f3 f2 f2 f1 f3 f3 f3 f3 b2 i1 i i i",
+    "backward": "f3 f3 f3 f3 f2 f2 f2 b2 i1 i i f3 f2 i",
 })
 
 
@@ -127,11 +166,10 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     tanh_c = xp.empty((time, batch, units), x.dtype)
     out = xp.empty((batch, time, units), x.dtype)
     rec = xp.empty((batch, 4 * units), x.dtype)
-    args = [cu.device(a) for a in (gates, rec, bias, h_states, c_states, tanh_c, out, mask_tm,
-                                   first)]
-    for t in range(time):
-        cu.matmul(xp, h_states[t], recurrent_kernel, out=rec)
-        cu.launch(k.forward, batch * units, stream, *args, t, act, ract)
+    (cached,), shared = cu.row_plan(x.dtype, units, [(units, 4 * units)])
+    cu.launch_rows(k.forward, batch, stream, shared, *[cu.device(a) for a in (
+        gates, recurrent_kernel, rec, bias, h_states, c_states, tanh_c, out, mask_tm, first)],
+        cached, act, ract)
     saved = LSTMSavedCUDA(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                           recurrent_kernel, has_bias, act, ract, go_backwards)
     return out, h_states[time].copy(), c_states[time].copy(), saved
@@ -152,12 +190,10 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     dz = xp.empty((time, batch, width), dtype)
     rec = xp.zeros((batch, units), dtype)
     rk_t = xp.ascontiguousarray(saved.recurrent_kernel.T)
-    args = [cu.device(a) for a in (saved.gates, saved.c_states, saved.tanh_c, d_out, dh, dc, rec,
-                                   saved.mask, saved.first)]
-    d_dz = cu.device(dz)
-    for t in range(time - 1, -1, -1):
-        cu.launch(k.backward, batch * units, stream, *args, t, saved.act, saved.ract, d_dz)
-        cu.matmul(xp, dz[t], rk_t, out=rec)
+    (cached,), shared = cu.row_plan(dtype, width, [(width, units)])
+    cu.launch_rows(k.backward, batch, stream, shared, *[cu.device(a) for a in (
+        saved.gates, saved.c_states, saved.tanh_c, d_out, dh, dc, rec, saved.mask, saved.first)],
+        saved.act, saved.ract, cu.device(dz), cu.device(rk_t), cached)
     dh += rec
     dz2 = dz.reshape(time * batch, width)
     dx = cu.from_time_major(xp, cu.matmul(xp, dz2, saved.kernel.T).reshape(time, batch, -1),

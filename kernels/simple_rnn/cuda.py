@@ -3,10 +3,12 @@
     h_t = act(x_t W + b + (h_{t-1} * m) U)        (m: recurrent dropout mask, or 1)
 
 Same signatures and semantics as kernels/simple_rnn/cpu.py, CuPy arrays in and
-out. Forward: one GEMM for every step's input; per step one GEMM and one fused
-kernel (one thread per (b, j)). Backward: per step one fused kernel
-(d_pre = dh act'(h_t)) and one GEMM d_pre U^T, which the next step's kernel adds
-to dh (times m); weight gradients are one GEMM each after the loop.
+out. Forward: one GEMM for every step's input, then one loop kernel: a block
+per batch row runs every step, (h_{t-1} m) U as a block matvec with U's first
+rows in shared memory, then the fused step (see kernels/_cuda_block.py).
+Backward: one loop kernel, per step d_pre = dh act'(h_t) and the matvec
+d_pre U^T, which the next step adds to dh (times m); weight gradients are one
+GEMM each after the loop.
 Saved per step and batch row: x_t (I floats) and h_t (H).
 """
 
@@ -16,22 +18,19 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _cuda as cu
 from .. import _validate as v
+from .._cuda_block import block_math
 from .cpu import SimpleRNNSaved
 
 
 def _build(F):
     m = cu.device_math(F)
     activate, activation_grad, zero = m.activate, m.activation_grad, m.zero
+    bm = block_math(F)
+    matvec, stage = bm.matvec, bm.stage
 
-    @cuda.jit
-    def forward(xw, rec, bias, states, out, mask, first, t, act):
+    @cuda.jit(device=True)
+    def forward_step(xw, rec, bias, states, out, mask, first, t, act, b, j):
         # xw [T, B, H] = x W; rec [B, H] = (h_{t-1} m) U.
-        i = cuda.grid(1)
-        batch, units = states.shape[1], states.shape[2]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
         if mask[t, b]:
             h = activate(act, xw[t, b, j] + rec[b, j] + bias[j])
             states[t + 1, b, j] = h
@@ -41,15 +40,33 @@ def _build(F):
             states[t + 1, b, j] = h_prev
             out[b, t, j] = h_prev if t > first[b] else zero
 
-    @cuda.jit
-    def backward(states, d_out, dh, rec, rec_mask, mask, first, t, act, d_pre):
+    @cuda.jit(**cu.row_jit_options())
+    def forward(xw, u, rec, bias, states, out, mask, first, rec_mask, dropped, cached, act):
+        # One block per batch row b, every step: rec[b] = (h_{t-1} m) U, then the step.
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = xw.shape[0], xw.shape[2]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + units]
+        cache = shared[threads + units:]
+        stage(u, cached, cache)
+        cuda.syncthreads()
+        for t in range(time):
+            if rec_mask.shape[0]:
+                for j in range(tid, units, threads):
+                    dropped[b, j] = states[t, b, j] * rec_mask[b, j]
+                cuda.syncthreads()
+                matvec(dropped[b], u, cache, cached, rec[b], scratch, vs)
+            else:
+                matvec(states[t, b], u, cache, cached, rec[b], scratch, vs)
+            cuda.syncthreads()
+            for j in range(tid, units, threads):
+                forward_step(xw, rec, bias, states, out, mask, first, t, act, b, j)
+            cuda.syncthreads()
+
+    @cuda.jit(device=True)
+    def backward_step(states, d_out, dh, rec, rec_mask, mask, first, t, act, d_pre, b, j):
         # rec = d_pre_{t+1} U^T (zero rows where step t+1 was masked); dh = the rest.
-        i = cuda.grid(1)
-        batch, units = dh.shape[0], dh.shape[1]
-        if i >= batch * units:
-            return
-        b = i // units
-        j = i - b * units
         r = rec[b, j]
         if rec_mask.shape[0]:
             r *= rec_mask[b, j]
@@ -63,12 +80,30 @@ def _build(F):
             d_pre[t, b, j] = zero
             dh[b, j] = g
 
+    @cuda.jit(**cu.row_jit_options())
+    def backward(states, d_out, dh, rec, rec_mask, mask, first, act, d_pre, u_t, cached):
+        # One block per batch row, steps in reverse: the step, then rec[b] = d_pre_t U^T.
+        b = cuda.blockIdx.x
+        tid, threads = cuda.threadIdx.x, cuda.blockDim.x
+        time, units = d_pre.shape[0], d_pre.shape[2]
+        shared = cuda.shared.array(0, F)
+        scratch, vs = shared[:threads], shared[threads:threads + units]
+        cache = shared[threads + units:]
+        stage(u_t, cached, cache)
+        cuda.syncthreads()
+        for t in range(time - 1, -1, -1):
+            for j in range(tid, units, threads):
+                backward_step(states, d_out, dh, rec, rec_mask, mask, first, t, act, d_pre, b, j)
+            cuda.syncthreads()
+            matvec(d_pre[t, b], u_t, cache, cached, rec[b], scratch, vs)
+            cuda.syncthreads()
+
     return dict(forward=forward, backward=backward)
 
 
 KERNELS = cu.KernelSet(_build, {
-    "forward": "f3 f2 f1 f3 f3 b2 i1 i i",
-    "backward": "f3 f3 f2 f2 f2 b2 i1 i i f3",
+    "forward": "f3 f2 f2 f1 f3 f3 b2 i1 f2 f2 i i",
+    "backward": "f3 f3 f2 f2 f2 b2 i1 i f3 f2 i",
 })
 
 
@@ -102,14 +137,11 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     states[0] = h0
     out = xp.empty((batch, time, units), x.dtype)
     rec = xp.empty((batch, units), x.dtype)
-    dropped = xp.empty((batch, units), x.dtype) if rec_mask.size else None
-    args = [cu.device(a) for a in (xw, rec, bias, states, out, mask_tm, first)]
-    for t in range(time):
-        h_prev = states[t]
-        if dropped is not None:
-            h_prev = xp.multiply(h_prev, rec_mask, out=dropped)
-        cu.matmul(xp, h_prev, recurrent_kernel, out=rec)
-        cu.launch(k.forward, batch * units, stream, *args, t, act)
+    dropped = xp.empty((batch, units), x.dtype) if rec_mask.size else rec_mask
+    (cached,), shared = cu.row_plan(x.dtype, units, [(units, units)])
+    cu.launch_rows(k.forward, batch, stream, shared, *[cu.device(a) for a in (
+        xw, recurrent_kernel, rec, bias, states, out, mask_tm, first, rec_mask, dropped)],
+        cached, act)
     saved = SimpleRNNSavedCUDA(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                                has_bias, act, go_backwards)
     return out, states[time].copy(), saved
@@ -128,12 +160,10 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_pre = xp.empty((time, batch, units), dtype)
     rec = xp.zeros((batch, units), dtype)
     rk_t = xp.ascontiguousarray(saved.recurrent_kernel.T)
-    args = [cu.device(a) for a in (saved.states, d_out, dh, rec, saved.recurrent_mask,
-                                   saved.mask, saved.first)]
-    d_d_pre = cu.device(d_pre)
-    for t in range(time - 1, -1, -1):
-        cu.launch(k.backward, batch * units, stream, *args, t, saved.act, d_d_pre)
-        cu.matmul(xp, d_pre[t], rk_t, out=rec)
+    (cached,), shared = cu.row_plan(dtype, units, [(units, units)])
+    cu.launch_rows(k.backward, batch, stream, shared, *[cu.device(a) for a in (
+        saved.states, d_out, dh, rec, saved.recurrent_mask, saved.mask, saved.first)],
+        saved.act, cu.device(d_pre), cu.device(rk_t), cached)
     if saved.recurrent_mask.size:
         rec *= saved.recurrent_mask
     dh += rec

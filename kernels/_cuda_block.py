@@ -1,0 +1,84 @@
+"""Device functions for the loop kernels, in which one block runs a batch row through every step.
+
+A module of its own because it needs `cuda` as a module global (the simulator
+swaps that name inside kernels), and kernels/_cuda.py must import without numba-cuda.
+
+Shared memory of a loop kernel (dynamic, one array; see _cuda.launch_rows):
+
+    [scratch: one float per thread][vec: the longest vector multiplied]
+    [cache: the first rows of each recurrent matrix, as many as fit]
+
+The recurrent matrix is read at every step; the rows held in shared memory
+are read at shared-memory latency, the rest through L2.
+"""
+
+from types import SimpleNamespace
+
+from numba import cuda  # a module global: the simulator swaps it inside kernels
+
+
+def block_math(F):
+    """Device functions for one block working on one batch row.
+
+    matvec(vec, mat, cache, cached, out, scratch, vs): out[c] = sum_k vec[k] mat[k, c],
+    computed by every thread of the block together (all must call it); vec
+    [K], mat [K, C] and out [C] are views in global memory, cache holds
+    mat[:cached] row-major (see stage), vs has room for K floats and scratch
+    for one float per thread. vec is first copied to vs: it was written by this
+    block in the step before, and a global read after a write goes to L2.
+    When the block has at least twice as many threads as columns, each
+    column's sum is split over `threads // C` threads (strided over k, so that
+    neighbouring threads read neighbouring columns) and the partial sums meet
+    in scratch: the per-step latency is what bounds a recurrence, and a split
+    sum is that many times shorter. The caller synchronizes the block before
+    anything reads `out` or reuses vs.
+
+    stage(mat, rows, cache): copy mat[:rows] into cache; the caller synchronizes.
+    """
+    zero = F(0.0)
+
+    @cuda.jit(device=True)
+    def stage(mat, rows, cache):
+        cols = mat.shape[1]
+        for i in range(cuda.threadIdx.x, rows * cols, cuda.blockDim.x):
+            k = i // cols
+            cache[i] = mat[k, i - k * cols]
+
+    @cuda.jit(device=True)
+    def matvec(vec, mat, cache, cached, out, scratch, vs):
+        tid = cuda.threadIdx.x
+        threads = cuda.blockDim.x
+        depth, cols = mat.shape[0], mat.shape[1]
+        for k in range(tid, depth, threads):
+            vs[k] = vec[k]
+        cuda.syncthreads()
+        split = min(threads // cols, depth)
+        if split >= 2:
+            c = tid % cols
+            s = tid // cols
+            if s < split:
+                acc = zero
+                k = s
+                while k < cached:
+                    acc += vs[k] * cache[k * cols + c]
+                    k += split
+                while k < depth:
+                    acc += vs[k] * mat[k, c]
+                    k += split
+                scratch[s * cols + c] = acc
+            cuda.syncthreads()
+            if tid < cols:
+                total = zero
+                for q in range(split):
+                    total += scratch[q * cols + tid]
+                out[tid] = total
+        else:
+            for c in range(tid, cols, threads):
+                acc = zero
+                for k in range(cached):
+                    acc += vs[k] * cache[k * cols + c]
+                for k in range(cached, depth):
+                    acc += vs[k] * mat[k, c]
+                out[c] = acc
+
+    return SimpleNamespace(matvec=matvec, stage=stage)
