@@ -14,7 +14,10 @@ are read at shared-memory latency, the rest through L2.
 
 from types import SimpleNamespace
 
+import numpy as np
 from numba import cuda  # a module global: the simulator swaps it inside kernels
+
+u64 = np.uint64
 
 
 def block_math(F):
@@ -46,6 +49,9 @@ def block_math(F):
 
     @cuda.jit(device=True)
     def matvec(vec, mat, cache, cached, out, scratch, vs):
+        # Indices into shared memory are unsigned and advanced by addition: a
+        # signed index gets a negative-index check, and a 64-bit multiply is
+        # several instructions on a GPU, per element of an otherwise one-FMA loop.
         tid = cuda.threadIdx.x
         threads = cuda.blockDim.x
         depth, cols = mat.shape[0], mat.shape[1]
@@ -59,26 +65,33 @@ def block_math(F):
             if s < split:
                 acc = zero
                 k = s
+                at = u64(s * cols + c)
+                stride = u64(split * cols)
                 while k < cached:
-                    acc += vs[k] * cache[k * cols + c]
+                    acc += vs[u64(k)] * cache[at]
                     k += split
+                    at += stride
                 while k < depth:
-                    acc += vs[k] * mat[k, c]
+                    acc += vs[u64(k)] * mat[k, c]
                     k += split
-                scratch[s * cols + c] = acc
+                scratch[u64(s * cols + c)] = acc
             cuda.syncthreads()
             if tid < cols:
                 total = zero
-                for q in range(split):
-                    total += scratch[q * cols + tid]
+                at = u64(tid)
+                for _ in range(split):
+                    total += scratch[at]
+                    at += u64(cols)
                 out[tid] = total
         else:
             for c in range(tid, cols, threads):
                 acc = zero
+                at = u64(c)
                 for k in range(cached):
-                    acc += vs[k] * cache[k * cols + c]
+                    acc += vs[u64(k)] * cache[at]
+                    at += u64(cols)
                 for k in range(cached, depth):
-                    acc += vs[k] * mat[k, c]
+                    acc += vs[u64(k)] * mat[k, c]
                 out[c] = acc
 
     return SimpleNamespace(matvec=matvec, stage=stage)

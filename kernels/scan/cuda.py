@@ -181,13 +181,13 @@ def choose_method(batch, time, units):
 
     A GPU wants on the order of 10^5 threads in flight; the sequential kernel has
     B*H of them, each with a dependent chain of T steps. Measured on an H100
-    (python -m bench --device cuda, B*H from 128 to 16384): at T=64 sequential
-    won every case (by 1.6-2.3x), at T=256 two of three, from T=1024 on Blelloch
-    won every case (1.1-10x at T=16384), so the switch is at 16 chunks of L steps
-    (1024 on a GPU).
+    (python -m bench --device cuda, B*H from 128 to 16384, two runs): sequential
+    won every case at T=64 and T=256 but one; at T=1024 Blelloch won all three in
+    one run and lost all three in the other; from T=4096 on it won every case
+    (1.5-10x at T=16384). So the switch is at 64 chunks of L steps (4096 on a GPU).
     """
     L, _ = chunk_shape()
-    return "blelloch" if batch * units < 65536 and time >= 16 * L else "sequential"
+    return "blelloch" if batch * units < 65536 and time >= 64 * L else "sequential"
 
 
 def run_scan(xp, a, b, init, out, reverse, method="auto"):

@@ -166,8 +166,7 @@ def test_scan_picks_blelloch_for_few_long_channels():
     L, _ = scan_cuda.chunk_shape()
     assert scan_cuda.choose_method(1, 64 * L, 16) == "blelloch"
     assert scan_cuda.choose_method(1, L, 16) == "sequential"
-    assert scan_cuda.choose_method(16, 4 * L, 128) == "sequential"  # T=256: lost 2 of 3 on an H100
-    assert scan_cuda.choose_method(16, 16 * L, 128) == "blelloch"
+    assert scan_cuda.choose_method(16, 16 * L, 128) == "sequential"  # T=1024: a toss-up on an H100
     assert scan_cuda.choose_method(512, 64 * L, 1024) == "sequential"
 
 
