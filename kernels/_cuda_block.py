@@ -37,8 +37,18 @@ def block_math(F):
     anything reads `out` or reuses vs.
 
     stage(mat, rows, cache): copy mat[:rows] into cache; the caller synchronizes.
+
+    layout(depth): (scratch, vs, rest), the kernel's dynamic shared memory cut as
+    the module docstring lays it out for vectors of up to `depth` floats; the
+    caches are the start of rest (_cuda.row_plan sizes the whole).
     """
     zero = F(0.0)
+
+    @cuda.jit(device=True)
+    def layout(depth):
+        threads = cuda.blockDim.x
+        shared = cuda.shared.array(0, F)
+        return shared[:threads], shared[threads:threads + depth], shared[threads + depth:]
 
     @cuda.jit(device=True)
     def stage(mat, rows, cache):
@@ -94,4 +104,4 @@ def block_math(F):
                     acc += vs[u64(k)] * mat[k, c]
                 out[c] = acc
 
-    return SimpleNamespace(matvec=matvec, stage=stage)
+    return SimpleNamespace(matvec=matvec, stage=stage, layout=layout)

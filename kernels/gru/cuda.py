@@ -32,7 +32,7 @@ def _build(F):
     m = cu.device_math(F)
     activate, activation_grad, one, zero = m.activate, m.activation_grad, m.one, m.zero
     bm = block_math(F)
-    matvec, stage = bm.matvec, bm.stage
+    matvec, stage, layout = bm.matvec, bm.stage, bm.layout
 
     @cuda.jit(device=True)
     def forward_reset_after_step(gates, rec, b_in, b_rec, states, hh_saved, out, mask, first, t,
@@ -171,9 +171,7 @@ def _build(F):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], states.shape[2]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + units]
-        cache = shared[threads + units:]
+        scratch, vs, cache = layout(units)
         stage(u, cached, cache)
         cuda.syncthreads()
         for t in range(time):
@@ -191,9 +189,7 @@ def _build(F):
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], dh.shape[1]
         depth = u_t.shape[0]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + depth]
-        cache = shared[threads + depth:]
+        scratch, vs, cache = layout(depth)
         stage(u_t, cached, cache)
         cuda.syncthreads()
         for t in range(time - 1, -1, -1):
@@ -210,10 +206,8 @@ def _build(F):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], states.shape[2]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + units]
-        split = threads + units + cached_zr * 2 * units
-        cache_zr, cache_h = shared[threads + units:split], shared[split:]
+        scratch, vs, caches = layout(units)
+        cache_zr, cache_h = caches[:cached_zr * 2 * units], caches[cached_zr * 2 * units:]
         stage(u_zr, cached_zr, cache_zr)
         stage(u_h, cached_h, cache_h)
         cuda.syncthreads()
@@ -235,10 +229,8 @@ def _build(F):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], dh.shape[1]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + 2 * units]
-        split = threads + 2 * units + cached_h * units
-        cache_h, cache_zr = shared[threads + 2 * units:split], shared[split:]
+        scratch, vs, caches = layout(2 * units)
+        cache_h, cache_zr = caches[:cached_h * units], caches[cached_h * units:]
         stage(u_h_t, cached_h, cache_h)
         stage(u_zr_t, cached_zr, cache_zr)
         cuda.syncthreads()

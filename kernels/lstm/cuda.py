@@ -23,7 +23,7 @@ def _build(F):
     m = cu.device_math(F)
     activate, activation_grad, zero = m.activate, m.activation_grad, m.zero
     bm = block_math(F)
-    matvec, stage = bm.matvec, bm.stage
+    matvec, stage, layout = bm.matvec, bm.stage, bm.layout
 
     @cuda.jit(device=True)
     def forward_step(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t, act, ract,
@@ -90,9 +90,7 @@ def _build(F):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], h_states.shape[2]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + units]
-        cache = shared[threads + units:]
+        scratch, vs, cache = layout(units)
         stage(u, cached, cache)
         cuda.syncthreads()
         for t in range(time):
@@ -110,9 +108,7 @@ def _build(F):
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], dh.shape[1]
         depth = u_t.shape[0]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + depth]
-        cache = shared[threads + depth:]
+        scratch, vs, cache = layout(depth)
         stage(u_t, cached, cache)
         cuda.syncthreads()
         for t in range(time - 1, -1, -1):

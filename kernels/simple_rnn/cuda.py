@@ -26,7 +26,7 @@ def _build(F):
     m = cu.device_math(F)
     activate, activation_grad, zero = m.activate, m.activation_grad, m.zero
     bm = block_math(F)
-    matvec, stage = bm.matvec, bm.stage
+    matvec, stage, layout = bm.matvec, bm.stage, bm.layout
 
     @cuda.jit(device=True)
     def forward_step(xw, rec, bias, states, out, mask, first, t, act, b, j):
@@ -46,9 +46,7 @@ def _build(F):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = xw.shape[0], xw.shape[2]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + units]
-        cache = shared[threads + units:]
+        scratch, vs, cache = layout(units)
         stage(u, cached, cache)
         cuda.syncthreads()
         for t in range(time):
@@ -86,9 +84,7 @@ def _build(F):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = d_pre.shape[0], d_pre.shape[2]
-        shared = cuda.shared.array(0, F)
-        scratch, vs = shared[:threads], shared[threads:threads + units]
-        cache = shared[threads + units:]
+        scratch, vs, cache = layout(units)
         stage(u_t, cached, cache)
         cuda.syncthreads()
         for t in range(time - 1, -1, -1):
