@@ -189,3 +189,55 @@ def block_gradients(d_x, d_h, h_prev, x_tm, kernel_t, lo, hi, time, dx_tm, d_ker
     gemm(dx2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
     gemm_tn(x_tm[lo:hi].reshape(n, inputs), dx2, d_kernel, hi < time)
     gemm_tn(h_prev.reshape(n, units), d_h.reshape(n, width), d_recurrent, hi < time)
+
+
+# Nopython forms of the launchers' layout steps, for the cores (a whole kernel call
+# in @njit code, shared by the Python launchers and the TensorFlow ops' cfuncs).
+
+
+@jit
+def time_major_into(x, go_backwards, out):
+    """out [T, B, F] = x [B, T, F] in processing order (time reversed if go_backwards)."""
+    batch, time, features = x.shape
+    for t in range(time):
+        src = time - 1 - t if go_backwards else t
+        for b in range(batch):
+            row_in = x[b, src]
+            row_out = out[t, b]
+            for j in range(features):
+                row_out[j] = row_in[j]
+
+
+@jit
+def batch_major_into(a_tm, go_backwards, out):
+    """out [B, T, F] = a_tm [T, B, F] (processing order) in input order."""
+    time, batch, features = a_tm.shape
+    for t in range(time):
+        dst = time - 1 - t if go_backwards else t
+        for b in range(batch):
+            row_in = a_tm[t, b]
+            row_out = out[b, dst]
+            for j in range(features):
+                row_out[j] = row_in[j]
+
+
+@jit
+def mask_into(mask, has_mask, go_backwards, mask_tm, first):
+    """mask_tm [T, B] bool in processing order and first [B] (see time_major_mask)
+    from mask [B, T] (ignored unless has_mask)."""
+    time, batch = mask_tm.shape
+    for b in range(batch):
+        first[b] = 0 if not has_mask else time
+        for t in range(time):
+            keep = True
+            if has_mask:
+                keep = mask[b, time - 1 - t if go_backwards else t]
+                if keep and first[b] == time:
+                    first[b] = t
+            mask_tm[t, b] = keep
+
+
+@jit
+def steps_per_block(bytes_each, n):
+    """per_block(bytes_each, n) in nopython code."""
+    return max(1, min(n, BLOCK_BYTES // max(1, bytes_each)))

@@ -230,6 +230,19 @@ def pack_for(b):
 
 
 @jit
+def packed_or_empty(b, use):
+    """`pack(b)` when use, else an empty array (BLAS): `pack_for` in nopython code,
+    with the choice made by the caller."""
+    if not use:
+        return np.empty(0, b.dtype)
+    w = 32 // b.itemsize
+    depth, columns = b.shape
+    out = np.empty(depth * ((columns + w - 1) // w * w) + ROWS * VECTORS * w, b.dtype)
+    _pack(b, out)
+    return out
+
+
+@jit
 def gemm_packed(a, packed, columns, c, accumulate):
     """c[M, columns] = (or += when accumulate) a[M, K] @ B, B packed by `pack`.
     a and c C-contiguous, one dtype."""

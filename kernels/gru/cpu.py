@@ -24,20 +24,22 @@ import numpy as np
 
 from .. import _parts, _pool
 from .. import _validate as v
-from .._microgemm import pack_for, product
+from .. import _microgemm
+from .._blas import gemm_tn
+from .._microgemm import packed_or_empty, product
 from .._cpu_common import (
     activate,
     activation_grad,
     add_unmasked_rows,
     add_output_grad,
+    batch_major_into,
     block_gradients,
-    per_block,
-    from_time_major,
-    project,
     jit,
+    mask_into,
     masked_output_rows,
-    time_major_mask,
-    to_time_major,
+    project,
+    steps_per_block,
+    time_major_into,
 )
 
 
@@ -245,6 +247,86 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, zr_t_packed, k
         add_unmasked_rows(dh, rec, mask, t)
 
 
+@jit
+def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
+                 act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
+    """A whole gru_forward call on preallocated arrays (the launcher's and the
+    TensorFlow op's one implementation). x [B, T, I], h0 [B, H], bias [2, 3H]
+    (reset_after: input row, recurrent row) or [1, 3H], zeros for no bias; mask
+    [B, T] read only if has_mask; packed: use the packed per-step product.
+    Writes out [B, T, H], h_last [B, H] and what the backward reads: x_tm [T, B, I],
+    gates [T, B, 3H], extra [T, B, H], states [T + 1, B, H], mask_tm [T, B], first [B]."""
+    time, batch, inputs = x_tm.shape
+    width = gates.shape[2]
+    units = width // 3
+    time_major_into(x, go_backwards, x_tm)
+    mask_into(mask, has_mask, go_backwards, mask_tm, first)
+    project(x_tm.reshape(time * batch, inputs), kernel, gates.reshape(time * batch, width))
+    states[0] = h0
+    if reset_after:
+        _forward_reset_after(gates, recurrent_kernel, packed_or_empty(recurrent_kernel, packed),
+                             bias[0] + bias[1], bias[0], bias[1], states, extra, out, mask_tm,
+                             first, act, ract)
+    else:
+        kernel_zr = np.ascontiguousarray(recurrent_kernel[:, :2 * units])
+        kernel_h = np.ascontiguousarray(recurrent_kernel[:, 2 * units:])
+        _forward_reset_before(gates, kernel_zr, packed_or_empty(kernel_zr, packed), kernel_h,
+                              packed_or_empty(kernel_h, packed), bias[0], states, extra, out,
+                              mask_tm, first, act, ract)
+    h_last[:] = states[time]
+
+
+@jit
+def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
+                  reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
+    """A whole gru_backward call on preallocated arrays. dh [B, H]: d_h_last on entry,
+    dh0 on exit. Writes dx [B, T, I], d_kernel [I, 3H], d_recurrent [H, 3H] and
+    d_bias [2, 3H] (reset_after) or [1, 3H]; the other arrays as forward_core left them."""
+    time, batch, width = gates.shape
+    units = width // 3
+    inputs = x_tm.shape[2]
+    dtype = dh.dtype
+    d_b_in = np.zeros(width)  # bias gradients accumulate in float64 inside the loop
+    dx_tm = np.empty((time, batch, inputs), dtype)
+    if reset_after:
+        steps = steps_per_block(batch * width * dh.itemsize, time)
+        d_xw = np.empty((steps, batch, width), dtype)
+        d_hu = np.empty((steps, batch, width), dtype)
+        d_b_hh = np.zeros(units)
+        rk_t = np.ascontiguousarray(recurrent_kernel.T)
+        _backward_reset_after(gates, extra, states, x_tm, d_out, dh, rk_t,
+                              packed_or_empty(rk_t, packed), np.ascontiguousarray(kernel.T),
+                              mask_tm, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
+                              d_recurrent, d_b_in, d_b_hh)
+        for j in range(width):
+            d_bias[0, j] = d_b_in[j]
+        for j in range(2 * units):
+            d_bias[1, j] = d_b_in[j]
+        for j in range(units):
+            d_bias[1, 2 * units + j] = d_b_hh[j]
+    else:
+        d_xw = np.empty((time, batch, width), dtype)
+        d_xw2 = d_xw.reshape(time * batch, width)
+        zr_t = np.ascontiguousarray(recurrent_kernel[:, :2 * units].T)
+        h_t = np.ascontiguousarray(recurrent_kernel[:, 2 * units:].T)
+        _backward_reset_before(gates, states, d_out, dh, zr_t, packed_or_empty(zr_t, packed), h_t,
+                               packed_or_empty(h_t, packed), mask_tm, first, act, ract, d_xw,
+                               d_b_in)
+        h_prev = states[:time].reshape(time * batch, units)
+        d_zr = np.empty((units, 2 * units), dtype)
+        gemm_tn(h_prev, np.ascontiguousarray(d_xw2[:, :2 * units]), d_zr, False)
+        d_recurrent[:, :2 * units] = d_zr
+        d_h = np.empty((units, units), dtype)
+        rh = extra.reshape(time * batch, units)  # r * h_{t-1}
+        gemm_tn(rh, np.ascontiguousarray(d_xw2[:, 2 * units:]), d_h, False)
+        d_recurrent[:, 2 * units:] = d_h
+        for j in range(width):
+            d_bias[0, j] = d_b_in[j]
+        project(d_xw2, np.ascontiguousarray(kernel.T), dx_tm.reshape(time * batch, inputs))
+        gemm_tn(x_tm.reshape(time * batch, inputs), d_xw2, d_kernel, False)
+    batch_major_into(dx_tm, go_backwards, dx)
+
+
 @dataclass(eq=False)
 class GRUSaved:
     """What gru_backward needs; treat as opaque."""
@@ -262,6 +344,9 @@ class GRUSaved:
     act: int
     ract: int
     go_backwards: bool
+
+
+_NO_MASK = np.ones((0, 0), np.bool_)
 
 
 def _bias_shape(reset_after):
@@ -313,29 +398,23 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
             x[rows], h0[rows], kernel, recurrent_kernel, bias,
             None if mask is None else mask[rows], reset_after, go_backwards, activation,
             recurrent_activation), batch, time, units, x.dtype, parts)
-    mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
     has_bias = bias is not None
-
-    x_tm = to_time_major(x, go_backwards)
+    bias2 = (np.zeros((2 if reset_after else 1, 3 * units), x.dtype) if bias is None
+             else bias.reshape(-1, 3 * units))
+    x_tm = _pool.empty((time, batch, x.shape[2]), x.dtype)
     gates = _pool.empty((time, batch, 3 * units), x.dtype)
-    project(x_tm.reshape(time * batch, -1), kernel, gates.reshape(time * batch, -1))
     states = _pool.empty((time + 1, batch, units), x.dtype)
-    states[0] = h0
     extra = _pool.empty((time, batch, units), x.dtype)
     out = _pool.empty((batch, time, units), x.dtype)
-    if bias is None:
-        bias = np.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
-    if reset_after:
-        _forward_reset_after(gates, recurrent_kernel, pack_for(recurrent_kernel), bias[0] + bias[1],
-                             bias[0], bias[1], states, extra, out, mask_tm, first, act, ract)
-    else:
-        kernel_zr = np.ascontiguousarray(recurrent_kernel[:, :2 * units])
-        kernel_h = np.ascontiguousarray(recurrent_kernel[:, 2 * units:])
-        _forward_reset_before(gates, kernel_zr, pack_for(kernel_zr), kernel_h, pack_for(kernel_h),
-                              bias, states, extra, out, mask_tm, first, act, ract)
+    h_last = np.empty((batch, units), x.dtype)
+    mask_tm = np.empty((time, batch), np.bool_)
+    first = np.empty(batch, np.int64)
+    forward_core(x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
+                 mask is not None, bool(reset_after), bool(go_backwards), act, ract,
+                 _microgemm.wanted(), out, h_last, x_tm, gates, extra, states, mask_tm, first)
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
                      has_bias, bool(reset_after), act, ract, go_backwards)
-    return out, _pool.copy(states[time]), saved
+    return out, h_last, saved
 
 
 def gru_backward(saved, d_out, d_h_last):
@@ -358,42 +437,17 @@ def gru_backward(saved, d_out, d_h_last):
     dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
-    rk = saved.recurrent_kernel
-    d_b_in = np.zeros(width)  # bias gradients accumulate in float64 inside the loop
-    if saved.reset_after:
-        inputs = saved.x_tm.shape[2]
-        steps = per_block(batch * width * dtype.itemsize, time)
-        d_xw = _pool.empty((steps, batch, width), dtype)
-        d_hu = _pool.empty((steps, batch, width), dtype)
-        dx_tm = _pool.empty((time, batch, inputs), dtype)
-        d_kernel = _pool.empty((inputs, width), dtype)
-        d_recurrent = _pool.empty((units, width), dtype)
-        d_b_hh = np.zeros(units)
-        rk_t = np.ascontiguousarray(rk.T)
-        _backward_reset_after(saved.gates, saved.extra, saved.states, saved.x_tm, d_out, dh,
-                              rk_t, pack_for(rk_t), np.ascontiguousarray(saved.kernel.T),
-                              saved.mask, saved.first, saved.act, saved.ract, steps, d_xw, d_hu,
-                              dx_tm, d_kernel, d_recurrent, d_b_in, d_b_hh)
-        d_bias = np.empty((2, width), dtype)
-        d_bias[0] = d_b_in
-        d_bias[1, :2 * units] = d_b_in[:2 * units]
-        d_bias[1, 2 * units:] = d_b_hh
-    else:
-        d_xw = _pool.empty((time, batch, width), dtype)
-        d_xw2 = d_xw.reshape(time * batch, width)
-        zr_t = np.ascontiguousarray(rk[:, :2 * units].T)
-        h_t = np.ascontiguousarray(rk[:, 2 * units:].T)
-        _backward_reset_before(saved.gates, saved.states, d_out, dh, zr_t, pack_for(zr_t), h_t,
-                               pack_for(h_t), saved.mask, saved.first, saved.act, saved.ract, d_xw, d_b_in)
-        h_prev = saved.states[:time].reshape(time * batch, units)
-        d_recurrent = _pool.empty(rk.shape, rk.dtype)
-        d_recurrent[:, :2 * units] = h_prev.T @ d_xw2[:, :2 * units]
-        rh = saved.extra.reshape(time * batch, units)  # r * h_{t-1}
-        d_recurrent[:, 2 * units:] = rh.T @ d_xw2[:, 2 * units:]
-        d_bias = d_b_in.astype(dtype)
-        dx_tm = _pool.matmul(d_xw2, saved.kernel.T).reshape(time, batch, -1)
-        d_kernel = _pool.matmul_tn(saved.x_tm.reshape(time * batch, -1), d_xw2)
+    inputs = saved.x_tm.shape[2]
+    dx = _pool.empty((batch, time, inputs), dtype)
+    d_kernel = _pool.empty((inputs, width), dtype)
+    d_recurrent = _pool.empty((units, width), dtype)
+    d_bias = np.empty((2 if saved.reset_after else 1, width), dtype)
+    backward_core(saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
+                  saved.kernel, saved.recurrent_kernel, d_out, dh, saved.reset_after,
+                  bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx,
+                  d_kernel, d_recurrent, d_bias)
     if not saved.has_bias:
         d_bias = None
-    dx = from_time_major(dx_tm, saved.go_backwards)
+    elif not saved.reset_after:
+        d_bias = d_bias[0]
     return dx, dh, d_kernel, d_recurrent, d_bias
