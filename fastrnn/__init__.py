@@ -3,6 +3,10 @@
 ``fastrnn.kernels`` holds the NumPy/Numba kernels and never imports TensorFlow;
 ``fastrnn.testing`` the numerical gradient checker. The Keras layers are
 resolved lazily, so ``import fastrnn`` alone does not import TensorFlow.
+
+``fastrnn.patch()`` / ``unpatch()`` / ``patched()`` make Keras' own SimpleRNN,
+GRU and LSTM names give fastrnn's layers (``python -m fastrnn script.py`` runs
+a script that way).
 """
 
 import importlib
@@ -20,6 +24,7 @@ if not os.path.isdir(os.path.join(__path__[0], "kernels")) and os.path.isfile(
 
 _SUBMODULES = ("kernels", "testing", "ops", "layers")
 _LAYERS = ("GRU", "LSTM", "MinGRU", "MinGRUCell", "SimpleRNN")
+_PATCH = ("patch", "unpatch", "patched")
 
 
 def __getattr__(name):
@@ -27,8 +32,10 @@ def __getattr__(name):
         return importlib.import_module(f"{__name__}.{name}")
     if name in _LAYERS:
         return getattr(importlib.import_module(f"{__name__}.layers"), name)
+    if name in _PATCH:
+        return getattr(importlib.import_module(f"{__name__}._patch"), name)
     raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES) + list(_LAYERS))
+    return sorted(list(globals()) + list(_SUBMODULES) + list(_LAYERS) + list(_PATCH))

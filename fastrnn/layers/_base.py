@@ -13,6 +13,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from fastrnn import _routes
 from fastrnn.kernels._validate import ACTIVATIONS
 
 
@@ -98,9 +99,11 @@ class FastRNNMixin:
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if tracing_for_export():
+            _routes.note(self, _routes.KERAS, "traced for export (SavedModels keep Keras' loop)")
             return self._keras_loop(sequences, initial_state, mask, training)
         reason = self._fallback_reason(training)
         if reason is not None:
+            _routes.note(self, _routes.KERAS, reason)
             if not getattr(self, "_fastrnn_warned", False):
                 warnings.warn(f"{type(self).__name__} '{self.name}': {reason}; running Keras' "
                               "own (exact, slower) loop for this configuration.", stacklevel=2)
@@ -114,6 +117,7 @@ class FastRNNMixin:
             # The same cached mask Keras' step loop applies at every step.
             dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
             sequences = sequences * tf.expand_dims(dp_mask, 1)
+        _routes.note(self, _routes.fast_route(self._device))
         outputs, final_states = self._fast_loop(sequences, states, mask, training)
         if mask is not None and self.zero_output_for_mask:
             keep = tf.reverse(mask, [1]) if self.go_backwards else mask

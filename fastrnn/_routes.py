@@ -1,0 +1,78 @@
+"""Which route each fastrnn layer ran on, for `python -m fastrnn --report`.
+
+The layers call `note` when they trace a call (not per step): once with the
+fast route's name ("native op", "numpy_function fallback", "cuda"), or with
+route "keras" and the reason when they run Keras' own loop. `report()` turns
+what was noted into the text the report prints. Imports nothing heavy.
+"""
+
+import threading
+
+KERAS = "keras"
+
+_lock = threading.Lock()
+_seen = set()   # (id(layer), layer name, route, reason)
+_notes = []     # (layer name, class name, route, reason) in the order first seen
+
+
+def note(layer, route, reason=None):
+    """Record that `layer` ran on `route` (once per layer and route).
+
+    Args:
+        layer: the Keras layer being called.
+        route: "native op", "numpy_function fallback", "cuda", or "keras" for
+            Keras' own loop (then `reason` says why).
+        reason: why Keras' loop ran, or None.
+    """
+    name = getattr(layer, "name", None) or "?"
+    key = (id(layer), name, route, reason)
+    if key in _seen:
+        return
+    with _lock:
+        if key in _seen:
+            return
+        _seen.add(key)
+        _notes.append((name, type(layer).__name__, route, reason))
+
+
+def notes():
+    """What was noted: a list of (layer name, class name, route, reason)."""
+    with _lock:
+        return list(_notes)
+
+
+def clear():
+    """Forget what was noted (tests)."""
+    with _lock:
+        _seen.clear()
+        _notes.clear()
+
+
+def describe(route, reason=None):
+    """The words a report uses for a route."""
+    if route == KERAS:
+        return "Keras' own loop" + (f": {reason}" if reason else "")
+    return route
+
+
+def report():
+    """Which recurrent layers ran on which route, as text (one line a layer and route)."""
+    rows = notes()
+    if not rows:
+        return ("fastrnn: no fastrnn layer ran in this process. Layers built before "
+                "fastrnn.patch() (or python -m fastrnn) and keras.layers.RNN(cell) stay "
+                "Keras' own.")
+    width = max(len(f"{name} ({cls})") for name, cls, _, _ in rows)
+    lines = [f"fastrnn: {len(rows)} recurrent layer route(s) this process ran:"]
+    for name, cls, route, reason in rows:
+        lines.append(f"  {f'{name} ({cls})':<{width}}  {describe(route, reason)}")
+    return "\n".join(lines)
+
+
+def fast_route(device):
+    """The name of the route fastrnn's own ops take for `device`."""
+    from fastrnn.ops import recurrence
+
+    # recurrence.route_name is the lead's (native op / numpy_function fallback / cuda);
+    # before it exists every fast call goes through tf.numpy_function.
+    return getattr(recurrence, "route_name", lambda d: "numpy_function fallback")(device)
