@@ -5,12 +5,24 @@ arrives, so the CPU path never needs them. A backward call follows its `saved`.
 
 Small CPU calls (below kernels._parts.ONE_THREAD_WORK) run with a one-thread
 OpenBLAS, see `_one_thread`.
+
+An empty batch (x of shape [0, T, I]; under tf.distribute a replica gets one when
+the last batch does not split evenly) is answered here, for NumPy and CuPy alike,
+without running a kernel: its arguments are checked as the launchers check them,
+the outputs are empty ([0, T, H], [0, H]) and `saved` is an `EmptySaved`, whose
+backward returns empty batch-row gradients and zero weight gradients. An empty
+time or feature axis stays an error.
 """
 
 import functools
 import importlib
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
 
 from . import _blas, _cuda, _parts
+from . import _validate as v
 
 
 def _cuda_function(cell, name):
@@ -62,9 +74,13 @@ def forward(cpu_function, cell, kernel_at=None, recurrent=False):
     `kernel_at`: the position of the `kernel` argument after x, for the call's work;
     `recurrent`: the cell has a per-step recurrent product (see _parts.few_rows)."""
     name = cpu_function.__name__
+    signature = inspect.signature(cpu_function)
 
     @functools.wraps(cpu_function)
     def dispatch(x, *args, **kwargs):
+        if _empty_batch(x):
+            return _EMPTY_FORWARD[cell if cell != "scan" else name](
+                signature.bind(x, *args, **kwargs))
         if _cuda.is_cupy_array(x):
             return _cuda_function(cell, name)(x, *args, **kwargs)
         if kernel_at is None:
@@ -80,9 +96,13 @@ def backward(cpu_function, cell, recurrent=False):
     """Wrap a CPU backward so that a `saved` from a CUDA forward goes to <cell>.cuda.
     `recurrent` as for `forward` (its saved x is time-major, [T, B, I])."""
     name = cpu_function.__name__
+    signature = inspect.signature(cpu_function)
 
     @functools.wraps(cpu_function)
     def dispatch(saved, *args, **kwargs):
+        empty = _as_empty(saved, cell, recurrent)
+        if empty is not None:
+            return empty.backward(signature.bind(saved, *args, **kwargs))
         if type(saved).__module__.endswith(".cuda"):
             return _cuda_function(cell, name)(saved, *args, **kwargs)
         x = getattr(saved, "x_tm", getattr(saved, "x_p", None))
@@ -90,3 +110,163 @@ def backward(cpu_function, cell, recurrent=False):
                            _rows(x, 1) if recurrent else None, saved, *args, **kwargs)
 
     return dispatch
+
+
+# The empty batch. ---------------------------------------------------------------
+
+_SAVED_CLASSES = {"gru": "GRUSaved", "lstm": "LSTMSaved", "mingru": "MinGRUSaved",
+                  "simple_rnn": "SimpleRNNSaved"}
+_GATES = {"gru": 3, "lstm": 4, "mingru": 2, "simple_rnn": 1}
+_STATES = {"gru": ("h",), "lstm": ("h", "c"), "mingru": ("h",), "simple_rnn": ("h",)}
+
+
+def _empty_batch(x):
+    return (isinstance(x, np.ndarray) or _cuda.is_cupy_array(x)) and x.ndim == 3 and (
+        x.shape[0] == 0)
+
+
+def _xp(x):
+    return _cuda.array_module(x) if _cuda.is_cupy_array(x) else np
+
+
+def _bias_shape(cell, units, reset_after=True):
+    if cell == "gru" and reset_after:
+        return (2, 3 * units)
+    return (_GATES[cell] * units,)
+
+
+@dataclass(eq=False)
+class EmptySaved:
+    """The `saved` of a forward over an empty batch: only what the backward's
+    results' shapes need. Its backward returns dx [0, T, I], [0, H] per state and
+    zeros of the weights' shapes (None for a missing bias)."""
+
+    cell: str
+    time: int
+    features: int
+    units: int
+    dtype: np.dtype
+    kernel_shape: tuple
+    recurrent_kernel_shape: tuple  # None for minGRU
+    bias_shape: tuple              # None without a bias
+    xp: object                     # numpy or cupy
+
+    @property
+    def gates(self):
+        """An empty [0, T, G*H] array, as minGRU's `saved.gates` (the TF glue carries it)."""
+        return self.xp.empty((0, self.time, self.kernel_shape[1]), self.dtype)
+
+    def carried_arrays(self):
+        """As many empty arrays as kernels._validate.saved_arrays carries for the cell."""
+        cls = getattr(importlib.import_module(f"{__package__}.{self.cell}.cpu"),
+                      _SAVED_CLASSES[self.cell])
+        return [self.xp.empty((0,), self.dtype) for _ in v._plan(cls)[0]]
+
+    def backward(self, bound):
+        """The backward's results, after checking the upstream gradients of `bound`
+        (the backward's arguments: saved, d_out, then one per state)."""
+        xp, dtype = self.xp, self.dtype
+        grads = list(bound.arguments.items())[1:]
+        shapes = [(0, self.time, self.units)] + [(0, self.units)] * (len(grads) - 1)
+        for (name, g), shape in zip(grads, shapes):
+            v.check_grad(g, name, shape, dtype, xp)
+        weights = [self.kernel_shape, self.recurrent_kernel_shape, self.bias_shape]
+        if self.cell == "mingru":
+            del weights[1]
+        return (xp.zeros((0, self.time, self.features), dtype),
+                *[xp.zeros((0, self.units), dtype) for _ in _STATES[self.cell]],
+                *[None if shape is None else xp.zeros(shape, dtype) for shape in weights])
+
+
+def empty_saved(cell, x, kernel, recurrent_kernel, has_bias, reset_after=True):
+    """The EmptySaved of a forward over x [0, T, I] with these (checked) weights."""
+    units = kernel.shape[1] // _GATES[cell]
+    return EmptySaved(cell, x.shape[1], x.shape[2], units, np.dtype(x.dtype),
+                      tuple(kernel.shape),
+                      None if recurrent_kernel is None else tuple(recurrent_kernel.shape),
+                      _bias_shape(cell, units, reset_after) if has_bias else None, _xp(x))
+
+
+def _as_empty(saved, cell, recurrent):
+    """`saved` as an EmptySaved when it is one, or a cell's own `saved` over an empty
+    batch (rebuilt so by a framework, e.g. minGRU's restore_saved); else None."""
+    if type(saved) is EmptySaved:
+        if saved.cell != cell:
+            raise TypeError(f"saved must be the `saved` returned by {cell}_forward, got the "
+                            f"one of {saved.cell}_forward (over an empty batch)")
+        return saved
+    x = getattr(saved, "x_tm", getattr(saved, "x_p", None))
+    if cell not in _GATES or getattr(x, "ndim", 0) != 3 or x.shape[1 if recurrent else 0] or (
+            type(saved).__module__.split(".")[-2] != cell):
+        return None  # not empty, or not this cell's (its backward's own check says so)
+    time, features = (x.shape[0], x.shape[2]) if recurrent else (x.shape[1], x.shape[2])
+    return empty_saved(cell, x.reshape(0, time, features), saved.kernel,
+                       getattr(saved, "recurrent_kernel", None), saved.has_bias,
+                       getattr(saved, "reset_after", True))
+
+
+def _empty_recurrence(cell, bound):
+    """forward over x [0, T, I]: the launchers' checks, then empty outputs."""
+    bound.apply_defaults()
+    a = bound.arguments
+    xp = _xp(a["x"])
+    if cell == "gru" and not isinstance(a["reset_after"], (bool, np.bool_)):
+        raise TypeError(f"reset_after must be a bool, got {a['reset_after']!r}")
+    if cell == "mingru" and a["method"] not in ("auto", "sequential", "blelloch"):
+        raise ValueError(f"method must be 'auto', 'sequential' or 'blelloch', got "
+                         f"{a['method']!r}")
+    x = v.check_x(a["x"], xp, empty_batch=True)
+    reset_after = a.get("reset_after", True)
+    kernel, recurrent_kernel, bias, units = v.check_weights(
+        x, a["kernel"], a.get("recurrent_kernel"), _GATES[cell], a["bias"],
+        lambda h: _bias_shape(cell, h, reset_after), xp)
+    if cell != "mingru" and recurrent_kernel is None:
+        raise TypeError("recurrent_kernel must be an array, got None")
+    for state in _STATES[cell]:
+        v.check_state(a[f"{state}0"], f"{state}0", 0, units, x.dtype, xp)
+    if "activation" in a:
+        v.activation_code(a["activation"])
+    if "recurrent_activation" in a:
+        v.activation_code(a["recurrent_activation"], "recurrent_activation")
+    v.check_mask(a["mask"], 0, x.shape[1], xp)
+    if "recurrent_mask" in a:
+        v.check_recurrent_mask(a["recurrent_mask"], 0, units, x.dtype, xp)
+    empty = xp.empty((0, units), x.dtype)
+    return (xp.empty((0, x.shape[1], units), x.dtype), *[empty.copy() for _ in _STATES[cell]],
+            empty_saved(cell, x, kernel, recurrent_kernel, bias is not None, reset_after))
+
+
+def _check_empty_scan(bound, names):
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["method"] not in ("auto", "sequential", "blelloch"):
+        raise ValueError(f"method must be one of ('auto', 'sequential', 'blelloch'), got "
+                         f"{a['method']!r}")
+    xp = _xp(a[names[0]])
+    first = v.float_array(a[names[0]], names[0], xp=xp)
+    if 0 in first.shape[1:]:
+        raise ValueError(f"{names[0]} must have shape [batch, time, units] with time and units "
+                         f">= 1 (an empty batch is allowed), got shape {first.shape}")
+    second = v.float_array(a[names[1]], names[1], first.dtype, xp)
+    v.expect_shape(second, names[1], first.shape, f"matching {names[0]}")
+    v.check_state(a["h0"], "h0", 0, first.shape[2], first.dtype, xp)
+    return xp, first, a
+
+
+def _empty_scan(bound):
+    xp, a, _ = _check_empty_scan(bound, ("a", "b"))
+    return xp.empty(a.shape, a.dtype)
+
+
+def _empty_scan_backward(bound):
+    xp, a, args = _check_empty_scan(bound, ("a", "h"))
+    v.check_grad(args["d_h"], "d_h", a.shape, a.dtype, xp)
+    return xp.zeros(a.shape, a.dtype), xp.zeros(a.shape, a.dtype), xp.zeros(
+        (0, a.shape[2]), a.dtype)
+
+
+_EMPTY_FORWARD = {
+    **{cell: functools.partial(_empty_recurrence, cell) for cell in _GATES},
+    "linear_scan": _empty_scan,
+    "linear_scan_backward": _empty_scan_backward,
+}

@@ -73,11 +73,18 @@ def expect_shape(value, name, shape, meaning):
         raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, got shape {value.shape}")
 
 
-def check_x(x, xp=np):
+def check_x(x, xp=np, empty_batch=False):
+    """x as a C-contiguous float [B, T, I]. `empty_batch`: B = 0 is allowed (the
+    public entry points answer it without running a kernel, see kernels._dispatch);
+    an empty time or feature axis never is."""
     x = float_array(x, "x", xp=xp)
     if x.ndim != 3:
         raise ValueError(f"x must have rank 3, [batch, time, features], got shape {x.shape}")
-    if 0 in x.shape:
+    if empty_batch and x.shape[0] == 0:
+        if 0 in x.shape[1:]:
+            raise ValueError(f"x must have time and feature sizes >= 1 (an empty batch is "
+                             f"allowed), got shape {x.shape}")
+    elif 0 in x.shape:
         raise ValueError(
             f"x must have batch, time and feature sizes >= 1, got shape {x.shape}"
         )
@@ -191,6 +198,10 @@ def saved_arrays(saved):
     and backward py_functions) pass these as tensors and rebuild the object
     with `restore_saved`.
     """
+    from ._dispatch import EmptySaved
+
+    if type(saved) is EmptySaved:  # an empty batch's: as many (empty) arrays
+        return saved.carried_arrays()
     return [getattr(saved, name) for name in _plan(type(saved))[0]]
 
 
@@ -207,6 +218,11 @@ def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask
         cuda = _cuda.is_cupy_array(x)
     go_backwards = meta["go_backwards"]
     batch, time = x.shape[:2]
+    if batch == 0:
+        from ._dispatch import empty_saved
+
+        return empty_saved(cls.__module__.split(".")[-2], x, kernel, recurrent_kernel,
+                           meta["has_bias"], meta.get("reset_after", True))
     if cuda:
         import importlib
 

@@ -69,9 +69,26 @@ class FastRNNMixin:
 
         self._device = check_device(device)
         super().__init__(*args, **kwargs)
+        # XLA cannot compile the kernels' ops: as Keras' own cuDNN layers do, say so,
+        # and Keras compiles the model without XLA (jit_compile="auto" on a GPU
+        # machine, or jit_compile=True with a warning) instead of failing in fit.
+        self.supports_jit = False
 
     def get_config(self):
         return {**super().get_config(), "device": self._device}
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        # Keras keeps integer features as they are and its cell's first product
+        # (keras.ops.matmul with the kernel) promotes them to the compute dtype;
+        # cast them so, once, for the kernels and for Keras' own loop alike.
+        dtype = keras.backend.standardize_dtype(sequences.dtype)
+        if "int" in dtype:
+            sequences = keras.ops.cast(sequences, self.compute_dtype)
+        elif not keras.backend.is_float_dtype(dtype):
+            raise ValueError(f"{self.name}: inputs must be floating point or integer features, "
+                             f"got dtype {dtype} (cast them, e.g. keras.ops.cast(x, "
+                             f"'float32'), or embed ids with keras.layers.Embedding first)")
+        return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
 
     def _fallback_reason(self, training):
         """Why this call must use Keras' own loop, or None."""

@@ -292,7 +292,9 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
                     parts, threads = 1, None
                 elif carried_in:
                     # As many parts as the forward used: the others carried nothing.
-                    parts = sum(carried_in[i * n_carry].size > 0 for i in range(max_parts))
+                    # (At least one: an empty batch's part carries empty arrays.)
+                    parts = max(1, sum(carried_in[i * n_carry].size > 0
+                                       for i in range(max_parts)))
                     threads = 1 if parts > 1 else _plan(x_np, width, 1, recurrent)[1]
                 else:
                     parts, threads = _plan(x_np, width, max_parts, recurrent)
