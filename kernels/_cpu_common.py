@@ -241,3 +241,10 @@ def mask_into(mask, has_mask, go_backwards, mask_tm, first):
 def steps_per_block(bytes_each, n):
     """per_block(bytes_each, n) in nopython code."""
     return max(1, min(n, BLOCK_BYTES // max(1, bytes_each)))
+
+
+@jit
+def prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
+    """What a core derives from its inputs: x_tm [T, B, I], mask_tm [T, B], first [B]."""
+    time_major_into(x, go_backwards, x_tm)
+    mask_into(mask, has_mask, go_backwards, mask_tm, first)

@@ -1,0 +1,361 @@
+"""The CPU kernels as native TensorFlow ops (the default CPU route of the layers).
+
+Each cell has two ops, `Fastrnn<Cell>Forward` and `Fastrnn<Cell>Backward`, typed
+`T: {float, double}`; their kernels are Numba cfuncs (ops/_capi.py) that read the
+TF tensors, check what only the run time knows (batch, time, consistency of the
+inputs), allocate the outputs through TensorFlow and call the cell's nopython
+core, the same code `fastrnn.kernels.*` calls. What the forward saves for the
+backward is forward outputs that become backward inputs: TensorFlow owns them.
+
+Non-tensor settings (go_backwards, activations, reset_after, whether there is a
+mask or a bias, the packed product) travel as one small int32 `config` input.
+
+An op and its kernel for a dtype are registered at the first call that needs
+them; the kernel's cfunc is compiled then (or loaded from Numba's cache).
+"""
+
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+from numba import carray, cfunc
+
+from fastrnn.kernels import _microgemm
+from fastrnn.kernels._cpu_common import prepare
+from fastrnn.kernels.gru import cpu as gru_cpu
+
+from . import _capi
+from ._capi import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    KERNEL_SIGNATURE,
+    MAX_DIMS,
+    TF_BOOL,
+    TF_INT32,
+    TF_TensorData,
+    TF_TensorType,
+    allocate,
+    delete_tensors,
+    fail,
+    get_inputs,
+    messages,
+    set_output_shapes,
+    shape_is,
+)
+
+# The kernels link against the C API by symbol name: bind it before any cfunc below
+# is compiled or loaded. Raises _capi.Unavailable where the route cannot be set up.
+_capi.calls()
+
+_NO_MASK = np.ones((0, 0), np.bool_)
+_lock = threading.RLock()
+
+# ---------------------------------------------------------------------- GRU --
+# Forward inputs: x [B, T, I], h0 [B, H], kernel [I, 3H], recurrent_kernel [H, 3H],
+# bias ([2, 3H] reset_after, [3H] otherwise, [0] none), mask bool ([B, T] or [0, 0]),
+# config int32 [7]. Outputs: out [B, T, H], h_last [B, H] and, for the backward,
+# gates [T, B, 3H], extra [T, B, H], states [T + 1, B, H].
+# Backward inputs: x, kernel, recurrent_kernel, mask, config, gates, extra, states,
+# d_out [B, T, H], d_h_last [B, H]. Outputs: dx, dh0, d_kernel, d_recurrent_kernel,
+# d_bias (the bias' shape).
+GRU_CONFIG = ("reset_after", "go_backwards", "act", "ract", "has_mask", "has_bias", "packed")
+
+_GRU_FORWARD_ERRORS = messages("FastrnnGRUForward", (
+    "could not read an input (rank above 4?)",
+    "x must have rank 3 [batch, time, features]",
+    "h0 must be [batch, units] with the batch of x",
+    "kernel must be [features, 3 * units] with the features of x",
+    "recurrent_kernel must be [units, 3 * units] matching kernel",
+    "bias must be [2, 3 * units] (reset_after=True), [3 * units] (False) or empty (no bias)",
+    "mask must be bool [batch, time] matching x",
+    "config must be int32 [7]",
+    "the time axis is empty: inputs need at least one step",
+    "could not allocate an output",
+    "the kernel raised an exception (out of memory?)",
+))
+_GRU_BACKWARD_ERRORS = messages("FastrnnGRUBackward", (
+    "could not read an input (rank above 4?)",
+    "x must have rank 3 [batch, time, features]",
+    "kernel or recurrent_kernel does not match x and the saved gates",
+    "the saved tensors (gates, extra, states) do not match x",
+    "d_out must be [batch, time, units] and d_h_last [batch, units]",
+    "mask must be bool [batch, time] matching x",
+    "config must be int32 [7]",
+    "could not allocate an output",
+    "the kernel raised an exception (out of memory?)",
+))
+
+# Shape programs (ops/_capi.set_output_shapes): per output, pieces (input, start, end).
+_GRU_FORWARD_SHAPES = np.array([
+    [[0, 0, 2], [3, 0, 1], [-1, 0, 0]],   # out [B, T, H]
+    [[0, 0, 1], [3, 0, 1], [-1, 0, 0]],   # h_last [B, H]
+    [[0, 1, 2], [0, 0, 1], [3, 1, 2]],    # gates [T, B, 3H]
+    [[0, 1, 2], [0, 0, 1], [3, 0, 1]],    # extra [T, B, H]
+    [[-1, 0, 0], [-1, 0, 0], [-1, 0, 0]],  # states [T + 1, B, H]: unknown
+], np.int64)
+_GRU_BACKWARD_SHAPES = np.array([
+    [[0, 0, 3], [-1, 0, 0], [-1, 0, 0]],  # dx like x
+    [[9, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dh0 like d_h_last
+    [[1, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # d_kernel like kernel
+    [[2, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # d_recurrent_kernel like recurrent_kernel
+    [[-1, 0, 0], [-1, 0, 0], [-1, 0, 0]],  # d_bias: unknown here (the layer sets it)
+], np.int64)
+
+
+@cfunc(KERNEL_SIGNATURE, cache=True)
+def _gru_forward_shapes(ictx, status):
+    set_output_shapes(ictx, status, _GRU_FORWARD_SHAPES)
+
+
+@cfunc(KERNEL_SIGNATURE, cache=True)
+def _gru_backward_shapes(ictx, status):
+    set_output_shapes(ictx, status, _GRU_BACKWARD_SHAPES)
+
+
+def _gru_kernels(dtype):
+    """(forward, backward) cfuncs of the GRU ops for one dtype."""
+    code = _capi.TF_DTYPE[np.dtype(dtype)]
+    size = np.dtype(dtype).itemsize
+    errors_f, errors_b = _GRU_FORWARD_ERRORS, _GRU_BACKWARD_ERRORS
+
+    @cfunc(KERNEL_SIGNATURE, cache=True)
+    def forward(state, ctx):
+        status = _capi.TF_NewStatus()
+        tensors = np.zeros(7, np.intp)
+        outputs = np.zeros(5, np.intp)
+        dims = np.zeros((7, MAX_DIMS), np.int64)
+        ranks = np.zeros(7, np.int64)
+        error = -1
+        if not get_inputs(ctx, status, tensors, dims, ranks):
+            error = 0
+        elif ranks[0] != 3:
+            error = 1
+        elif TF_TensorType(tensors[6]) != TF_INT32 or ranks[6] != 1 or dims[6, 0] != 7:
+            error = 7
+        if error < 0:
+            batch, time, inputs = dims[0, 0], dims[0, 1], dims[0, 2]
+            units = dims[3, 0]
+            config = carray(TF_TensorData(tensors[6]), 7, np.int32)
+            reset_after, has_mask, has_bias = config[0] != 0, config[4] != 0, config[5] != 0
+            bias_size = dims[4, 0] * (dims[4, 1] if ranks[4] == 2 else 1)
+            if ranks[1] != 2 or not shape_is(dims, ranks, 1, batch, units, -1):
+                error = 2
+            elif ranks[2] != 2 or not shape_is(dims, ranks, 2, inputs, 3 * units, -1):
+                error = 3
+            elif ranks[3] != 2 or not shape_is(dims, ranks, 3, units, 3 * units, -1):
+                error = 4
+            elif (ranks[4] != (2 if reset_after else 1) or bias_size != (
+                    (2 if reset_after else 1) * 3 * units)) if has_bias else bias_size != 0:
+                error = 5
+            elif has_mask and (TF_TensorType(tensors[5]) != TF_BOOL or ranks[5] != 2
+                               or not shape_is(dims, ranks, 5, batch, time, -1)):
+                error = 6
+            elif time == 0:
+                error = 8
+        if error < 0:
+            shapes = np.zeros((5, 3), np.int64)
+            shapes[0, 0], shapes[0, 1], shapes[0, 2] = batch, time, units
+            shapes[1, 0], shapes[1, 1] = batch, units
+            shapes[2, 0], shapes[2, 1], shapes[2, 2] = time, batch, 3 * units
+            shapes[3, 0], shapes[3, 1], shapes[3, 2] = time, batch, units
+            shapes[4, 0], shapes[4, 1], shapes[4, 2] = time + 1, batch, units
+            for i in range(5):
+                outputs[i] = allocate(ctx, i, code, size, shapes[i], 2 if i == 1 else 3, status)
+                if outputs[i] == 0:
+                    error = 9
+                    break
+        if error < 0 and batch > 0:
+            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
+            h0 = carray(TF_TensorData(tensors[1]), (batch, units), dtype)
+            kernel = carray(TF_TensorData(tensors[2]), (inputs, 3 * units), dtype)
+            recurrent = carray(TF_TensorData(tensors[3]), (units, 3 * units), dtype)
+            rows = 2 if reset_after else 1
+            if has_bias:
+                bias = carray(TF_TensorData(tensors[4]), (rows, 3 * units), dtype)
+            else:
+                bias = np.zeros((rows, 3 * units), dtype)
+            mask = _NO_MASK
+            if has_mask:
+                mask = carray(TF_TensorData(tensors[5]), (batch, time), np.bool_)
+            out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
+            h_last = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
+            gates = carray(TF_TensorData(outputs[2]), (time, batch, 3 * units), dtype)
+            extra = carray(TF_TensorData(outputs[3]), (time, batch, units), dtype)
+            states = carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype)
+            try:
+                gru_cpu.forward_core(
+                    x, h0, kernel, recurrent, bias, mask, has_mask, reset_after, config[1] != 0,
+                    config[2], config[3], config[6] != 0, out, h_last,
+                    np.empty((time, batch, inputs), dtype), gates, extra, states,
+                    np.empty((time, batch), np.bool_), np.empty(batch, np.int64))
+            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+                error = 10
+        if error >= 0:
+            fail(ctx, status, INTERNAL if error >= 9 else INVALID_ARGUMENT, errors_f, error)
+        delete_tensors(outputs)
+        delete_tensors(tensors)
+        _capi.TF_DeleteStatus(status)
+
+    @cfunc(KERNEL_SIGNATURE, cache=True)
+    def backward(state, ctx):
+        status = _capi.TF_NewStatus()
+        tensors = np.zeros(10, np.intp)
+        outputs = np.zeros(5, np.intp)
+        dims = np.zeros((10, MAX_DIMS), np.int64)
+        ranks = np.zeros(10, np.int64)
+        error = -1
+        if not get_inputs(ctx, status, tensors, dims, ranks):
+            error = 0
+        elif ranks[0] != 3:
+            error = 1
+        elif TF_TensorType(tensors[4]) != TF_INT32 or ranks[4] != 1 or dims[4, 0] != 7:
+            error = 6
+        if error < 0:
+            batch, time, inputs = dims[0, 0], dims[0, 1], dims[0, 2]
+            units = dims[2, 0]
+            config = carray(TF_TensorData(tensors[4]), 7, np.int32)
+            reset_after, has_mask, has_bias = config[0] != 0, config[4] != 0, config[5] != 0
+            if (ranks[1] != 2 or ranks[2] != 2 or not shape_is(dims, ranks, 1, inputs, 3 * units, -1)
+                    or not shape_is(dims, ranks, 2, units, 3 * units, -1)):
+                error = 2
+            elif (ranks[5] != 3 or ranks[6] != 3 or ranks[7] != 3
+                  or not shape_is(dims, ranks, 5, time, batch, 3 * units)
+                  or not shape_is(dims, ranks, 6, time, batch, units)
+                  or not shape_is(dims, ranks, 7, time + 1, batch, units)):
+                error = 3
+            elif (ranks[8] != 3 or ranks[9] != 2 or not shape_is(dims, ranks, 8, batch, time, units)
+                  or not shape_is(dims, ranks, 9, batch, units, -1)):
+                error = 4
+            elif has_mask and (TF_TensorType(tensors[3]) != TF_BOOL or ranks[3] != 2
+                               or not shape_is(dims, ranks, 3, batch, time, -1)):
+                error = 5
+        if error < 0:
+            rows = 2 if reset_after else 1
+            shapes = np.zeros((5, 3), np.int64)
+            out_ranks = np.zeros(5, np.int64)
+            shapes[0, 0], shapes[0, 1], shapes[0, 2], out_ranks[0] = batch, time, inputs, 3
+            shapes[1, 0], shapes[1, 1], out_ranks[1] = batch, units, 2
+            shapes[2, 0], shapes[2, 1], out_ranks[2] = inputs, 3 * units, 2
+            shapes[3, 0], shapes[3, 1], out_ranks[3] = units, 3 * units, 2
+            if not has_bias:
+                shapes[4, 0], out_ranks[4] = 0, 1
+            elif reset_after:
+                shapes[4, 0], shapes[4, 1], out_ranks[4] = 2, 3 * units, 2
+            else:
+                shapes[4, 0], out_ranks[4] = 3 * units, 1
+            for i in range(5):
+                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
+                if outputs[i] == 0:
+                    error = 7
+                    break
+        if error < 0:
+            d_kernel = carray(TF_TensorData(outputs[2]), (inputs, 3 * units), dtype)
+            d_recurrent = carray(TF_TensorData(outputs[3]), (units, 3 * units), dtype)
+            if has_bias:
+                d_bias = carray(TF_TensorData(outputs[4]), (rows, 3 * units), dtype)
+            else:
+                d_bias = np.empty((rows, 3 * units), dtype)
+            if batch == 0:
+                d_kernel[:] = 0.0
+                d_recurrent[:] = 0.0
+                d_bias[:] = 0.0
+        if error < 0 and batch > 0:
+            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
+            kernel = carray(TF_TensorData(tensors[1]), (inputs, 3 * units), dtype)
+            recurrent = carray(TF_TensorData(tensors[2]), (units, 3 * units), dtype)
+            mask = _NO_MASK
+            if has_mask:
+                mask = carray(TF_TensorData(tensors[3]), (batch, time), np.bool_)
+            gates = carray(TF_TensorData(tensors[5]), (time, batch, 3 * units), dtype)
+            extra = carray(TF_TensorData(tensors[6]), (time, batch, units), dtype)
+            states = carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype)
+            d_out = carray(TF_TensorData(tensors[8]), (batch, time, units), dtype)
+            dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
+            dh[:] = carray(TF_TensorData(tensors[9]), (batch, units), dtype)
+            dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
+            go_backwards = config[1] != 0
+            try:
+                x_tm = np.empty((time, batch, inputs), dtype)
+                mask_tm = np.empty((time, batch), np.bool_)
+                first = np.empty(batch, np.int64)
+                prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+                gru_cpu.backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent,
+                                      d_out, dh, reset_after, go_backwards, config[2], config[3],
+                                      config[6] != 0, dx, d_kernel, d_recurrent, d_bias)
+            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+                error = 8
+        if error >= 0:
+            fail(ctx, status, INTERNAL if error >= 7 else INVALID_ARGUMENT, errors_b, error)
+        delete_tensors(outputs)
+        delete_tensors(tensors)
+        _capi.TF_DeleteStatus(status)
+
+    return forward, backward
+
+
+# ------------------------------------------------------------- registration --
+
+_T = "T: {float, double}"
+CELLS = {
+    "gru": dict(
+        forward=("FastrnnGRUForward",
+                 ["x: T", "h0: T", "kernel: T", "recurrent_kernel: T", "bias: T", "mask: bool",
+                  "config: int32"],
+                 ["out: T", "h_last: T", "gates: T", "extra: T", "states: T"],
+                 lambda: _gru_forward_shapes),
+        backward=("FastrnnGRUBackward",
+                  ["x: T", "kernel: T", "recurrent_kernel: T", "mask: bool", "config: int32",
+                   "gates: T", "extra: T", "states: T", "d_out: T", "d_h_last: T"],
+                  ["dx: T", "dh0: T", "d_kernel: T", "d_recurrent_kernel: T", "d_bias: T"],
+                  lambda: _gru_backward_shapes),
+        kernels=_gru_kernels,
+    ),
+}
+
+_registered = {}   # (cell, dtype name) -> True
+_wrappers = {}     # cell -> module of generated Python functions
+# A cold compile of one cell's kernels for one dtype takes several seconds (cached
+# on disk afterwards): say so once it has run this long.
+COMPILE_NOTICE_S = 1.0
+
+
+def _compile_notice(cell, dtype):
+    print(f"fastrnn: compiling the native {cell} {dtype} kernels for TensorFlow "
+          "(about 10-20 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
+
+
+def ops(cell, dtype):
+    """The generated op functions of `cell`, its kernels for `dtype` registered
+    (compiled or loaded from cache on the first call)."""
+    dtype = np.dtype(dtype)
+    key = (cell, dtype.name)
+    if key in _registered:
+        return _wrappers[cell]
+    with _lock:
+        if key in _registered:
+            return _wrappers[cell]
+        spec = CELLS[cell]
+        for name, inputs, outputs, shape_fn in (spec["forward"], spec["backward"]):
+            _capi.register_op(name, inputs, outputs, [_T], shape_fn())
+        if cell not in _wrappers:
+            _wrappers[cell] = _capi.python_wrappers(
+                [spec["forward"][0], spec["backward"][0]], f"fastrnn.ops._gen_{cell}")
+        timer = threading.Timer(COMPILE_NOTICE_S, _compile_notice, (cell, dtype.name))
+        timer.daemon = True
+        timer.start()
+        try:
+            forward, backward = spec["kernels"](dtype.type)
+        finally:
+            timer.cancel()
+        _capi.register_kernel(spec["forward"][0], forward, _capi.TF_DTYPE[dtype])
+        _capi.register_kernel(spec["backward"][0], backward, _capi.TF_DTYPE[dtype])
+        _registered[key] = True
+        return _wrappers[cell]
+
+
+def packed():
+    """Whether the ops' per-step product uses the packed one-core micro-kernel
+    (one BLAS thread inside an op: the graph runs the parallel parts)."""
+    return bool(_microgemm.ENABLED)
