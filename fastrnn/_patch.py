@@ -36,7 +36,6 @@ _explicit = set()   # cells turned on by patch()
 _holds = {}         # cell -> number of open patched() blocks
 _applied = {}       # cell -> _Applied
 _hidden = {}        # fastrnn class -> Keras class, for serialization
-_original_serializer = None
 
 
 class _Applied:
@@ -85,8 +84,14 @@ def _classes(cell):
     return keras_cls, fast_cls
 
 
-def _keras_modules(keras_cls):
-    """Loaded modules that name Keras' classes publicly (deduplicated)."""
+def _keras_modules(defining_module):
+    """Loaded modules that name a Keras object publicly (deduplicated).
+
+    Those of the keras and tensorflow.keras namespaces, less the modules under
+    keras.src that are not packages: those import the object for their own
+    logic. The module that defines it stays in, so that keras modules imported
+    later (tf.keras's, on first use) pick up what the patch put there.
+    """
     seen = set()
     for name, module in list(sys.modules.items()):
         if module is None or id(module) in seen:
@@ -94,8 +99,8 @@ def _keras_modules(keras_cls):
         if not (name == "keras" or name.startswith(("keras.", "tensorflow.keras"))):
             continue
         if (name.startswith("keras.src.") and not hasattr(module, "__path__")
-                and name != keras_cls.__module__):
-            continue  # an implementation module that uses the class for its own logic
+                and name != defining_module):
+            continue
         seen.add(id(module))
         yield module
 
@@ -108,15 +113,32 @@ def _module_attributes(module, value):
     return [attr for attr, v in items if v is value]
 
 
+def _replace(old, new, defining_module):
+    """Point every public module attribute that is `old` at `new`; returns them."""
+    replaced = []
+    for module in _keras_modules(defining_module):
+        for attr in _module_attributes(module, old):
+            setattr(module, attr, new)
+            replaced.append((module, attr))
+    return replaced
+
+
+def _put_back(replaced, old, new, defining_module):
+    """Undo _replace, and point at `old` what keras modules imported since took of `new`."""
+    for module, attr in replaced:
+        if getattr(module, attr, None) is new:
+            setattr(module, attr, old)
+    for module in _keras_modules(defining_module):
+        for attr in _module_attributes(module, new):
+            setattr(module, attr, old)
+
+
 def _install(cell):
     from keras.src import api_export
 
     keras_cls, fast_cls = _classes(cell)
     applied = _Applied(keras_cls, fast_cls)
-    for module in _keras_modules(keras_cls):
-        for attr in _module_attributes(module, keras_cls):
-            setattr(module, attr, fast_cls)
-            applied.attributes.append((module, attr))
+    applied.attributes = _replace(keras_cls, fast_cls, keras_cls.__module__)
     registry = api_export.REGISTERED_NAMES_TO_OBJS
     for name, obj in list(registry.items()):
         if obj is keras_cls:
@@ -132,54 +154,78 @@ def _uninstall(cell):
     applied = _applied.pop(cell)
     keras_cls, fast_cls = applied.keras_cls, applied.fast_cls
     _hidden.pop(fast_cls, None)
-    for module, attr in applied.attributes:
-        if getattr(module, attr, None) is fast_cls:
-            setattr(module, attr, keras_cls)
-    # Keras modules imported while patched picked up fastrnn's class.
-    for module in _keras_modules(keras_cls):
-        for attr in _module_attributes(module, fast_cls):
-            setattr(module, attr, keras_cls)
+    _put_back(applied.attributes, keras_cls, fast_cls, keras_cls.__module__)
     registry = api_export.REGISTERED_NAMES_TO_OBJS
     for name in applied.registered_names:
         if registry.get(name) is fast_cls:
             registry[name] = keras_cls
 
 
+def _as_keras(layer, config):
+    """Keras' class for a fastrnn layer whose config is to look like Keras', else None.
+
+    While its cell is patched, a layer with the default device serializes as
+    Keras' class with Keras' config: `device` dropped, so plain Keras loads it.
+    """
+    keras_cls = _hidden.get(layer)
+    if (keras_cls is not None and isinstance(config, dict)
+            and config.get("device", "auto") == "auto"):
+        config.pop("device", None)
+        return keras_cls
+    return None
+
+
 def _serialize_with_public_class(cls, inner_config=None):
-    """keras' serialize_with_public_class, naming a patched fastrnn layer as Keras'."""
-    keras_cls = _hidden.get(cls)
-    if (keras_cls is not None and isinstance(inner_config, dict)
-            and inner_config.get("device", "auto") == "auto"):
-        inner_config = {k: v for k, v in inner_config.items() if k != "device"}
-        cls = keras_cls
-    return _original_serializer(cls, inner_config)
+    """keras.src.saving.serialization_lib's, for .keras files and get_config."""
+    if isinstance(inner_config, dict):
+        inner_config = dict(inner_config)
+        cls = _as_keras(cls, inner_config) or cls
+    return _serializers["serialize_with_public_class"][0](cls, inner_config)
 
 
-def _set_serializer(on):
-    global _original_serializer
-    from keras.src.saving import serialization_lib
+def _legacy_serialize_keras_object(instance):
+    """keras.src.legacy.saving.serialization's, for .h5 files."""
+    config = _serializers["serialize_keras_object"][0](instance)
+    if isinstance(config, dict) and isinstance(config.get("config"), dict):
+        keras_cls = _as_keras(type(instance), config["config"])
+        if keras_cls is not None:
+            config["class_name"] = keras_cls.__name__
+    return config
 
-    if on and _original_serializer is None:
-        _original_serializer = serialization_lib.serialize_with_public_class
-        serialization_lib.serialize_with_public_class = _serialize_with_public_class
-    elif not on and _original_serializer is not None:
-        if serialization_lib.serialize_with_public_class is _serialize_with_public_class:
-            serialization_lib.serialize_with_public_class = _original_serializer
-        _original_serializer = None
+
+_SERIALIZERS = (
+    ("keras.src.saving.serialization_lib", "serialize_with_public_class",
+     _serialize_with_public_class),
+    ("keras.src.legacy.saving.serialization", "serialize_keras_object",
+     _legacy_serialize_keras_object),
+)
+_serializers = {}   # function name -> (Keras' function, replaced attributes)
+
+
+def _set_serializers(on):
+    import importlib
+
+    for module_name, attr, replacement in _SERIALIZERS:
+        if on and attr not in _serializers:
+            original = getattr(importlib.import_module(module_name), attr)
+            _serializers[attr] = (original, _replace(original, replacement, module_name))
+        elif not on and attr in _serializers:
+            original, replaced = _serializers.pop(attr)
+            _put_back(replaced, original, replacement, module_name)
 
 
 def _apply():
     """Bring the patch in line with _explicit and _holds (call with _lock held)."""
     want = {c for c in CELLS if c in _explicit or _holds.get(c, 0) > 0}
     if want - set(_applied):
-        _set_serializer(True)
+        _set_serializers(True)
     for cell in CELLS:
         if cell in want and cell not in _applied:
             _install(cell)
         elif cell not in want and cell in _applied:
             _uninstall(cell)
     if not _applied:
-        _set_serializer(False)
+        _set_serializers(False)
 
 
 def patched_cells():
