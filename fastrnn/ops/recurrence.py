@@ -24,6 +24,7 @@ CPU route (by DLPack, without copies, on a GPU).
 
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -128,6 +129,73 @@ def _with_threads(threads, fn):
 
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# The CPU route of the layers: "native" (TensorFlow ops registered through the C
+# API, ops/native.py), "numpy_function" (this module's tf.numpy_function pairs),
+# or "auto" (native where it can be set up, else numpy_function with one warning
+# saying why). FASTRNN_ROUTE sets it for a process; fastrnn.set_route for a session.
+ROUTES = ("auto", "native", "numpy_function")
+_route = os.environ.get("FASTRNN_ROUTE", "auto").strip().lower() or "auto"
+_native = None          # the ops.native module once set up
+_native_error = None    # why it could not be, once tried
+_native_lock = threading.Lock()
+
+
+def set_route(route):
+    """Choose the layers' CPU route for layers called from now on (see ROUTES)."""
+    global _route
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    _route = route
+
+
+def get_route():
+    return _route
+
+
+def _native_module():
+    """ops.native, set up on first use; None (with one warning) where it cannot be."""
+    global _native, _native_error
+    if _native is not None or _native_error is not None:
+        return _native
+    with _native_lock:
+        if _native is None and _native_error is None:
+            try:
+                from fastrnn.ops import native
+
+                _native = native
+            except Exception as error:  # noqa: BLE001 - any failure means: fall back
+                _native_error = f"{type(error).__name__}: {error}"
+                warnings.warn("fastrnn: the native TensorFlow ops cannot be set up here "
+                              f"({_native_error}); the layers run their kernels through "
+                              "tf.numpy_function instead (slower per call).", stacklevel=3)
+    return _native
+
+
+def native_route(device="cpu"):
+    """The ops.native module when a layer call on `device` should use it, else None."""
+    if _route == "numpy_function" or use_gpu_route(device):
+        return None
+    if _route not in ROUTES:
+        raise ValueError(f"FASTRNN_ROUTE must be one of {ROUTES}, got {_route!r}")
+    module = _native_module()
+    if module is None and _route == "native":
+        raise RuntimeError(f"the native route was asked for (route='native'), but {_native_error}")
+    return module
+
+
+def route_name(device="cpu"):
+    """Which route a layer call on `device` takes: "cuda", "native op" or
+    "numpy_function fallback"."""
+    if use_gpu_route(device):
+        return "cuda"
+    return "native op" if native_route(device) is not None else "numpy_function fallback"
+
+
+def _native_inputs(x, tensors):
+    """x and tensors cast to the ops' dtype (float32 or float64; half in float32)."""
+    dtype = _COMPUTE.get(x.dtype, x.dtype)
+    return dtype, [None if t is None else tf.cast(t, dtype) for t in tensors]
 
 
 def check_device(device):
@@ -335,6 +403,13 @@ def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
                 act=_validate.activation_code(activation),
                 ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
                 go_backwards=bool(go_backwards))
+    native = native_route(device)
+    if native is not None:
+        _, (x_c, h0_c, w, u, b) = _native_inputs(x, [x, h0, kernel, recurrent_kernel, bias])
+        out, h_last = native.gru(x_c, h0_c, w, u, b, mask, reset_after=meta["reset_after"],
+                                 go_backwards=meta["go_backwards"], act=meta["act"],
+                                 ract=meta["ract"], max_parts=MAX_PARTS)
+        return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype)
 
     def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return kernels.gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=mask,

@@ -1,33 +1,13 @@
-"""The CPU kernels as native TensorFlow ops (the default CPU route of the layers).
-
-Each cell has two ops, `Fastrnn<Cell>Forward` and `Fastrnn<Cell>Backward`, typed
-`T: {float, double}`; their kernels are Numba cfuncs (ops/_capi.py) that read the
-TF tensors, check what only the run time knows (batch, time, consistency of the
-inputs), allocate the outputs through TensorFlow and call the cell's nopython
-core, the same code `fastrnn.kernels.*` calls. What the forward saves for the
-backward is forward outputs that become backward inputs: TensorFlow owns them.
-
-Non-tensor settings (go_backwards, activations, reset_after, whether there is a
-mask or a bias, the packed product) travel as one small int32 `config` input.
-
-An op and its kernel for a dtype are registered at the first call that needs
-them; the kernel's cfunc is compiled then (or loaded from Numba's cache).
-"""
-
-import sys
-import threading
-import time
-import warnings
+"""GRU as native TensorFlow ops: FastrnnGRUForward / FastrnnGRUBackward."""
 
 import numpy as np
 from numba import carray, cfunc
 
-from fastrnn.kernels import _microgemm
 from fastrnn.kernels._cpu_common import prepare
 from fastrnn.kernels.gru import cpu as gru_cpu
 
-from . import _capi
-from ._capi import (
+from .. import _capi
+from .._capi import (
     INTERNAL,
     INVALID_ARGUMENT,
     KERNEL_SIGNATURE,
@@ -44,15 +24,8 @@ from ._capi import (
     set_output_shapes,
     shape_is,
 )
+from . import packed, recurrence
 
-# The kernels link against the C API by symbol name: bind it before any cfunc below
-# is compiled or loaded. Raises _capi.Unavailable where the route cannot be set up.
-_capi.calls()
-
-_NO_MASK = np.ones((0, 0), np.bool_)
-_lock = threading.RLock()
-
-# ---------------------------------------------------------------------- GRU --
 # Forward inputs: x [B, T, I], h0 [B, H], kernel [I, 3H], recurrent_kernel [H, 3H],
 # bias ([2, 3H] reset_after, [3H] otherwise, [0] none), mask bool ([B, T] or [0, 0]),
 # config int32 [7]. Outputs: out [B, T, H], h_last [B, H] and, for the backward,
@@ -176,7 +149,7 @@ def _gru_kernels(dtype):
                 bias = carray(TF_TensorData(tensors[4]), (rows, 3 * units), dtype)
             else:
                 bias = np.zeros((rows, 3 * units), dtype)
-            mask = _NO_MASK
+            mask = np.ones((0, 0), np.bool_)
             if has_mask:
                 mask = carray(TF_TensorData(tensors[5]), (batch, time), np.bool_)
             out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
@@ -187,7 +160,7 @@ def _gru_kernels(dtype):
             try:
                 gru_cpu.forward_core(
                     x, h0, kernel, recurrent, bias, mask, has_mask, reset_after, config[1] != 0,
-                    config[2], config[3], config[6] != 0, out, h_last,
+                    np.int64(config[2]), np.int64(config[3]), config[6] != 0, out, h_last,
                     np.empty((time, batch, inputs), dtype), gates, extra, states,
                     np.empty((time, batch), np.bool_), np.empty(batch, np.int64))
             except Exception:  # noqa: BLE001 - every failure becomes a TF error
@@ -265,7 +238,7 @@ def _gru_kernels(dtype):
             x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
             kernel = carray(TF_TensorData(tensors[1]), (inputs, 3 * units), dtype)
             recurrent = carray(TF_TensorData(tensors[2]), (units, 3 * units), dtype)
-            mask = _NO_MASK
+            mask = np.ones((0, 0), np.bool_)
             if has_mask:
                 mask = carray(TF_TensorData(tensors[3]), (batch, time), np.bool_)
             gates = carray(TF_TensorData(tensors[5]), (time, batch, 3 * units), dtype)
@@ -282,7 +255,8 @@ def _gru_kernels(dtype):
                 first = np.empty(batch, np.int64)
                 prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
                 gru_cpu.backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent,
-                                      d_out, dh, reset_after, go_backwards, config[2], config[3],
+                                      d_out, dh, reset_after, go_backwards, np.int64(config[2]),
+                                      np.int64(config[3]),
                                       config[6] != 0, dx, d_kernel, d_recurrent, d_bias)
             except Exception:  # noqa: BLE001 - every failure becomes a TF error
                 error = 8
@@ -295,67 +269,25 @@ def _gru_kernels(dtype):
     return forward, backward
 
 
-# ------------------------------------------------------------- registration --
 
-_T = "T: {float, double}"
-CELLS = {
-    "gru": dict(
-        forward=("FastrnnGRUForward",
-                 ["x: T", "h0: T", "kernel: T", "recurrent_kernel: T", "bias: T", "mask: bool",
-                  "config: int32"],
-                 ["out: T", "h_last: T", "gates: T", "extra: T", "states: T"],
-                 lambda: _gru_forward_shapes),
-        backward=("FastrnnGRUBackward",
-                  ["x: T", "kernel: T", "recurrent_kernel: T", "mask: bool", "config: int32",
-                   "gates: T", "extra: T", "states: T", "d_out: T", "d_h_last: T"],
-                  ["dx: T", "dh0: T", "d_kernel: T", "d_recurrent_kernel: T", "d_bias: T"],
-                  lambda: _gru_backward_shapes),
-        kernels=_gru_kernels,
-    ),
-}
-
-_registered = {}   # (cell, dtype name) -> True
-_wrappers = {}     # cell -> module of generated Python functions
-# A cold compile of one cell's kernels for one dtype takes several seconds (cached
-# on disk afterwards): say so once it has run this long.
-COMPILE_NOTICE_S = 1.0
+FORWARD = ("FastrnnGRUForward",
+           ["x: T", "h0: T", "kernel: T", "recurrent_kernel: T", "bias: T", "mask: bool",
+            "config: int32"],
+           ["out: T", "h_last: T", "gates: T", "extra: T", "states: T"],
+           _gru_forward_shapes)
+BACKWARD = ("FastrnnGRUBackward",
+            ["x: T", "kernel: T", "recurrent_kernel: T", "mask: bool", "config: int32",
+             "gates: T", "extra: T", "states: T", "d_out: T", "d_h_last: T"],
+            ["dx: T", "dh0: T", "d_kernel: T", "d_recurrent_kernel: T", "d_bias: T"],
+            _gru_backward_shapes)
+kernels = _gru_kernels
 
 
-def _compile_notice(cell, dtype):
-    print(f"fastrnn: compiling the native {cell} {dtype} kernels for TensorFlow "
-          "(about 10-20 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
-
-
-def ops(cell, dtype):
-    """The generated op functions of `cell`, its kernels for `dtype` registered
-    (compiled or loaded from cache on the first call)."""
-    dtype = np.dtype(dtype)
-    key = (cell, dtype.name)
-    if key in _registered:
-        return _wrappers[cell]
-    with _lock:
-        if key in _registered:
-            return _wrappers[cell]
-        spec = CELLS[cell]
-        for name, inputs, outputs, shape_fn in (spec["forward"], spec["backward"]):
-            _capi.register_op(name, inputs, outputs, [_T], shape_fn())
-        if cell not in _wrappers:
-            _wrappers[cell] = _capi.python_wrappers(
-                [spec["forward"][0], spec["backward"][0]], f"fastrnn.ops._gen_{cell}")
-        timer = threading.Timer(COMPILE_NOTICE_S, _compile_notice, (cell, dtype.name))
-        timer.daemon = True
-        timer.start()
-        try:
-            forward, backward = spec["kernels"](dtype.type)
-        finally:
-            timer.cancel()
-        _capi.register_kernel(spec["forward"][0], forward, _capi.TF_DTYPE[dtype])
-        _capi.register_kernel(spec["backward"][0], backward, _capi.TF_DTYPE[dtype])
-        _registered[key] = True
-        return _wrappers[cell]
-
-
-def packed():
-    """Whether the ops' per-step product uses the packed one-core micro-kernel
-    (one BLAS thread inside an op: the graph runs the parallel parts)."""
-    return bool(_microgemm.ENABLED)
+def call(x, h0, kernel, recurrent_kernel, bias, mask, *, reset_after, go_backwards, act, ract,
+        max_parts):
+    """GRU through FastrnnGRUForward/Backward. Returns (out, h_last)."""
+    units = int(recurrent_kernel.shape[0])
+    config = [reset_after, go_backwards, act, ract, mask is not None, bias is not None, packed()]
+    out, (h_last,) = recurrence("gru", x, [h0], [kernel, recurrent_kernel], bias, mask, [], config,
+                                units, 3 * units, max_parts, 3)
+    return out, h_last

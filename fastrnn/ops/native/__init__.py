@@ -1,0 +1,226 @@
+"""The CPU kernels as native TensorFlow ops (the default CPU route of the layers).
+
+Each cell has two ops, `Fastrnn<Cell>Forward` and `Fastrnn<Cell>Backward`, typed
+`T: {float, double}`; their kernels are Numba cfuncs (ops/_capi.py) that read the
+TF tensors, check what only the run time knows (batch, time, consistency of the
+inputs), allocate the outputs through TensorFlow and call the cell's nopython
+core, the same code `fastrnn.kernels.*` calls. What the forward saves for the
+backward is forward outputs that become backward inputs: TensorFlow owns them.
+
+Non-tensor settings (go_backwards, activations, reset_after, whether there is a
+mask or a bias, the packed product) travel as one small int32 `config` input.
+
+An op and its kernel for a dtype are registered at the first call that needs
+them; the kernel's cfunc is compiled then (or loaded from Numba's cache).
+"""
+
+import sys
+import threading
+
+import numpy as np
+from numba import carray, cfunc
+
+from fastrnn.kernels import _microgemm
+
+from .. import _capi
+
+# The kernels link against the C API by symbol name: bind it before any cfunc below
+# is compiled or loaded. Raises _capi.Unavailable where the route cannot be set up.
+_capi.calls()
+
+_lock = threading.RLock()
+
+# ------------------------------------------------------------- registration --
+
+_T = "T: {float, double}"
+# cell -> module with FORWARD and BACKWARD (name, inputs, outputs, shape cfunc) and
+# kernels(dtype) -> (forward cfunc, backward cfunc); imported on first use.
+CELLS = ("gru", "simple_rnn", "lstm", "mingru")
+
+
+def _cell_module(cell):
+    import importlib
+
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    return importlib.import_module(f"{__name__}.{cell}")
+
+
+_registered = {}   # (cell, dtype name) -> True
+_wrappers = {}     # cell -> module of generated Python functions
+# A cold compile of one cell's kernels for one dtype takes several seconds (cached
+# on disk afterwards): say so once it has run this long.
+COMPILE_NOTICE_S = 1.0
+
+
+def _compile_notice(cell, dtype):
+    print(f"fastrnn: compiling the native {cell} {dtype} kernels for TensorFlow "
+          "(about 10-20 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
+
+
+def ops(cell, dtype):
+    """The generated op functions of `cell`, its kernels for `dtype` registered
+    (compiled or loaded from cache on the first call)."""
+    dtype = np.dtype(dtype)
+    key = (cell, dtype.name)
+    if key in _registered:
+        return _wrappers[cell]
+    with _lock:
+        if key in _registered:
+            return _wrappers[cell]
+        spec = _cell_module(cell)
+        for name, inputs, outputs, shape_fn in (spec.FORWARD, spec.BACKWARD):
+            _capi.register_op(name, inputs, outputs, [_T], shape_fn)
+        if cell not in _wrappers:
+            _wrappers[cell] = _capi.python_wrappers(
+                [spec.FORWARD[0], spec.BACKWARD[0]], f"fastrnn.ops._gen_{cell}")
+        timer = threading.Timer(COMPILE_NOTICE_S, _compile_notice, (cell, dtype.name))
+        timer.daemon = True
+        timer.start()
+        try:
+            forward, backward = spec.kernels(dtype.type)
+        finally:
+            timer.cancel()
+        _capi.register_kernel(spec.FORWARD[0], forward, _capi.TF_DTYPE[dtype])
+        _capi.register_kernel(spec.BACKWARD[0], backward, _capi.TF_DTYPE[dtype])
+        _registered[key] = True
+        return _wrappers[cell]
+
+
+def packed():
+    """Whether the ops' per-step product uses the packed one-core micro-kernel
+    (one BLAS thread inside an op: the graph runs the parallel parts)."""
+    return bool(_microgemm.ENABLED)
+
+
+# ------------------------------------------------------------- the TF side --
+
+
+def _static_batch(x):
+    return x.shape[0] if x.shape.rank is not None else None
+
+
+def plan_parts(x, width, max_parts):
+    """How many batch parts a call on x splits into (1 unless the batch is known
+    statically and the work is large: kernels._parts)."""
+    from fastrnn.kernels import _parts
+
+    batch, time, features = (x.shape.as_list() + [None] * 3)[:3]
+    if None in (batch, time, features) or max_parts < 2:
+        return 1
+    if _parts.work(batch, time, features, width) < _parts.SMALL_WORK:
+        return 1
+    return _parts.plan(batch, time, features, width, max_parts)
+
+
+def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width, max_parts,
+               n_saved):
+    """Differentiable (out [B, T, H], [final states]) through the cell's native ops.
+
+    x, states0, weights (kernel[, recurrent_kernel]) and bias (or None) are tensors
+    of one float dtype (float32 or float64); mask bool [B, T] or None; aux per-row
+    tensors the ops take after the mask (SimpleRNN's recurrent dropout mask);
+    config the int32 settings. Forward op: (x, *states0, *weights, bias, mask,
+    *aux, config) -> (out, *states, *saved). Backward op: (x, *weights, mask, *aux,
+    config, *saved, d_out, *d_states) -> (dx, *d_states0, *d_weights, d_bias).
+    Large calls run as one op per batch part (TensorFlow's threads run them in
+    parallel); their weight gradients are added in the graph.
+    """
+    import tensorflow as tf
+    from tensorflow.python.eager import record
+
+    from fastrnn.kernels import _parts
+
+    gen = ops(cell, x.dtype.as_numpy_dtype)
+    forward_op = getattr(gen, f"fastrnn_{cell}_forward")
+    backward_op = getattr(gen, f"fastrnn_{cell}_backward")
+    dtype = x.dtype
+    n_states = len(states0)
+    has_bias = bias is not None
+    bias_t = bias if has_bias else tf.zeros((0,), dtype)
+    mask_t = tf.cast(mask, tf.bool) if mask is not None else tf.zeros((0, 0), tf.bool)
+    config_t = tf.constant(np.asarray(config, np.int32))
+    parts = plan_parts(x, width, max_parts)
+    if parts > 1:
+        sizes = [s.stop - s.start for s in _parts.slices(int(x.shape[0]), parts)]
+
+        def split(t, always=True):
+            if t is None or (not always and mask is None):
+                return [t] * parts
+            return tf.split(t, sizes, axis=0)
+    else:
+        def split(t, always=True):
+            return [t]
+
+    def forward(x_, states_, weights_, bias_):
+        xs, masks = split(x_), split(mask_t, always=False)
+        states_p = [split(s) for s in states_]
+        aux_p = [split(a) for a in aux]
+        results = []
+        for i in range(parts):
+            results.append(forward_op(xs[i], *[s[i] for s in states_p], *weights_, bias_,
+                                      masks[i], *[a[i] for a in aux_p], config_t))
+        if parts == 1:
+            joined = list(results[0][:1 + n_states])
+        else:
+            joined = [tf.concat([r[k] for r in results], 0) for k in range(1 + n_states)]
+        saved = [list(r[1 + n_states:]) for r in results]
+        joined[0].set_shape(x_.shape[:2].concatenate([units]))
+        for s in joined[1:]:
+            s.set_shape(x_.shape[:1].concatenate([units]))
+        return joined, saved, xs, masks, aux_p
+
+    if not record.could_possibly_record():
+        joined, _, _, _, _ = forward(x, states0, weights, bias_t)
+        return joined[0], joined[1:]
+
+    @tf.custom_gradient
+    def op(x_, *rest):
+        states_, rest = list(rest[:n_states]), rest[n_states:]
+        weights_ = list(rest[:len(weights)])
+        bias_ = rest[len(weights)] if has_bias else bias_t
+        joined, saved, xs, masks, aux_p = forward(x_, states_, weights_, bias_)
+
+        def grad(d_out, *d_states):
+            d_states = [tf.zeros_like(s) if d is None else d for d, s in zip(d_states, joined[1:])]
+            if d_out is None:
+                d_out = tf.zeros_like(joined[0])
+            d_outs = split(d_out)
+            d_states_p = [split(d) for d in d_states]
+            grads = []
+            for i in range(parts):
+                grads.append(backward_op(xs[i], *weights_, masks[i], *[a[i] for a in aux_p],
+                                         config_t, *saved[i], d_outs[i],
+                                         *[d[i] for d in d_states_p]))
+            if parts == 1:
+                g = list(grads[0])
+            else:
+                g = ([tf.concat([r[k] for r in grads], 0) for k in range(1 + n_states)]
+                     + [tf.add_n([r[k] for r in grads]) for k in range(1 + n_states, len(grads[0]))])
+            g[0].set_shape(x_.shape)
+            for d, s in zip(g[1:1 + n_states], states_):
+                d.set_shape(s.shape)
+            for d, w in zip(g[1 + n_states:], weights_ + ([bias_] if has_bias else [])):
+                d.set_shape(w.shape)
+            return g[:1 + n_states + len(weights)] + ([g[-1]] if has_bias else [])
+
+        return (joined[0], *joined[1:]), grad
+
+    out, *states = op(x, *states0, *weights, *([bias] if has_bias else []))
+    return out, states
+
+
+def gru(*args, **kwargs):
+    return _cell_module("gru").call(*args, **kwargs)
+
+
+def simple_rnn(*args, **kwargs):
+    return _cell_module("simple_rnn").call(*args, **kwargs)
+
+
+def lstm(*args, **kwargs):
+    return _cell_module("lstm").call(*args, **kwargs)
+
+
+def mingru(*args, **kwargs):
+    return _cell_module("mingru").call(*args, **kwargs)
