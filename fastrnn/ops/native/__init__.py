@@ -43,7 +43,7 @@ def _cell_module(cell):
 
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-    return importlib.import_module(f"{__name__}.{cell}")
+    return importlib.import_module(f"{__name__}._{cell}")
 
 
 _registered = {}   # (cell, dtype name) -> True

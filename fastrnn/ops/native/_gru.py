@@ -269,7 +269,6 @@ def _gru_kernels(dtype):
     return forward, backward
 
 
-
 FORWARD = ("FastrnnGRUForward",
            ["x: T", "h0: T", "kernel: T", "recurrent_kernel: T", "bias: T", "mask: bool",
             "config: int32"],
@@ -284,7 +283,7 @@ kernels = _gru_kernels
 
 
 def call(x, h0, kernel, recurrent_kernel, bias, mask, *, reset_after, go_backwards, act, ract,
-        max_parts):
+         max_parts):
     """GRU through FastrnnGRUForward/Backward. Returns (out, h_last)."""
     units = int(recurrent_kernel.shape[0])
     config = [reset_after, go_backwards, act, ract, mask is not None, bias is not None, packed()]
