@@ -99,17 +99,17 @@ def main(argv=None):
         return parsed
     report, cells, module, script, rest = parsed
 
+    from fastrnn import _patch
+
+    try:
+        _patch.check_cells(cells, "patch")
+    except ValueError as e:
+        return _usage_error(f"--cells: {e}")
     if script is not None and not os.path.exists(script):
         sys.stderr.write(f"python -m fastrnn: can't open file {os.path.abspath(script)!r}: "
                          "No such file or directory\n")
         return 2
-
-    from fastrnn import _patch
-
-    try:
-        _patch.patch(cells=cells)
-    except ValueError as e:
-        return _usage_error(f"--cells: {e}")
+    _patch.patch(cells=cells)
     if report:
         # At exit, after the script's threads (and its own atexit handlers) finish.
         atexit.register(_print_report)

@@ -48,7 +48,7 @@ class _Applied:
         self.registered_names = []  # keys of keras' api_export registry
 
 
-def _check_cells(cells, function):
+def check_cells(cells, function):
     """The cell names (canonical) of a `cells` argument; None means all."""
     if cells is None:
         return list(CELLS)
@@ -252,7 +252,7 @@ def patch(cells=None):
         >>> keras.layers.GRU is fastrnn.GRU
         True
     """
-    chosen = _check_cells(cells, "patch")
+    chosen = check_cells(cells, "patch")
     with _lock:
         _explicit.update(chosen)
         _apply()
@@ -266,7 +266,7 @@ def unpatch(cells=None):
     open `patched()` block (in any thread) still holds stays patched until the
     last such block exits; a warning says so.
     """
-    chosen = _check_cells(cells, "unpatch")
+    chosen = check_cells(cells, "unpatch")
     with _lock:
         _explicit.difference_update(chosen)
         _apply()
@@ -292,7 +292,7 @@ def patched(cells=None):
         >>> type(layer) is fastrnn.GRU, keras.layers.GRU is fastrnn.GRU
         (True, False)
     """
-    chosen = _check_cells(cells, "patched")
+    chosen = check_cells(cells, "patched")
     with _lock:
         for cell in chosen:
             _holds[cell] = _holds.get(cell, 0) + 1
