@@ -121,8 +121,8 @@ _STATES = {"gru": ("h",), "lstm": ("h", "c"), "mingru": ("h",), "simple_rnn": ("
 
 
 def _empty_batch(x):
-    return (isinstance(x, np.ndarray) or _cuda.is_cupy_array(x)) and x.ndim == 3 and (
-        x.shape[0] == 0)
+    return (isinstance(x, np.ndarray) or _cuda.is_cupy_array(x)) and getattr(
+        x, "ndim", None) == 3 and x.shape[0] == 0
 
 
 def _xp(x):

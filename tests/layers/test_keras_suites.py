@@ -45,3 +45,6 @@ def _suite(module_name, class_name, **overrides):
 TestKerasGRUSuite = _suite("gru_test", "GRUTest", GRU=fastrnn.GRU)
 TestKerasSimpleRNNSuite = _suite("simple_rnn_test", "SimpleRNNTest", SimpleRNN=fastrnn.SimpleRNN)
 TestKerasLSTMSuite = _suite("lstm_test", "LSTMTest", LSTM=fastrnn.LSTM)
+# Bidirectional over each of them (its test_output_shape feeds int64 features).
+TestKerasBidirectionalSuite = _suite("bidirectional_test", "SimpleRNNTest", GRU=fastrnn.GRU,
+                                     LSTM=fastrnn.LSTM, SimpleRNN=fastrnn.SimpleRNN)

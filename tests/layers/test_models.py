@@ -224,12 +224,13 @@ def test_bad_input_is_a_clear_error(cell):
 
 
 @pytest.mark.parametrize("cell", list(PAIRS))
-def test_integer_features_are_rejected(cell):
+def test_bool_and_string_features_are_rejected(cell):
     _, fast_cls = PAIRS[cell]
-    # Keras casts integer features silently; token ids fed to an RNN without an
-    # Embedding are a classic mistake, so fastrnn says so instead.
-    for x in (np.ones((2, 6, 3), "int32"), tf.ones((2, 6, 3), tf.int64)):
-        with pytest.raises(ValueError, match="inputs must be floating point, got dtype int"):
+    # Integer features are cast as Keras' cell promotes them (issue 18, see
+    # tests/layers/test_dropin.py); bool and string features are a clear error.
+    for x, name in ((np.ones((2, 6, 3), bool), "bool"), (tf.fill((2, 6, 3), "a"), "string")):
+        with pytest.raises(ValueError, match="inputs must be floating point or integer "
+                                             f"features, got dtype {name}"):
             fast_cls(5)(x)
 
 
