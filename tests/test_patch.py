@@ -172,7 +172,6 @@ def runs(tmp_path_factory):
     (work / "seed.py").write_text(SEED_SCRIPT)
     (work / "plain_load.py").write_text(PLAIN_LOAD_SCRIPT)
     (work / "patched_load.py").write_text(PATCHED_LOAD_SCRIPT)
-    (work / "failing.py").write_text(FAILING_SCRIPT)
     names = ",".join(SAVED)
     first = {
         "plain_seed": _start(["seed.py", "plain", "--flag"], work),
@@ -183,7 +182,6 @@ def runs(tmp_path_factory):
     second = {
         "plain_load": _start(["plain_load.py", "patched", names], work),
         "patched_load": _start(["-m", "fastrnn", "-m", "patched_load", "plain", names], work),
-        "failing": _start(["-m", "fastrnn", "failing.py", "a b"], work),
     }
     done.update({key: _finish(proc) for key, proc in second.items()})
     return done
@@ -246,15 +244,23 @@ def test_files_saved_under_the_patch_load_in_plain_keras_without_fastrnn(runs):
         assert entry["err"] < 1e-5, (key, entry["err"])
 
 
-def test_runner_shows_the_scripts_traceback_and_exits_1(runs):
-    code, out, err = runs["failing"]
-    assert code == 1, (code, err[-3000:])
+def test_runner_shows_the_scripts_traceback_and_exits_1(clean, tmp_path, monkeypatch, capsys):
+    from fastrnn.__main__ import main
+
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_SCRIPT)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert main([str(script), "a b"]) == 1
+    out, err = capsys.readouterr()
     assert "argv ['a b']" in out
+    assert sys.path[0] == str(tmp_path)  # as `python failing.py` puts it
     assert err.rstrip().endswith("RuntimeError: the script's own error"), err[-3000:]
     traceback = err[err.index("Traceback (most recent call last):"):]
     assert 'failing.py", line 6, in <module>' in traceback
     assert 'failing.py", line 4, in inner' in traceback
     assert "runpy" not in traceback and "__main__.py" not in traceback, traceback
+    assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm"]  # the runner patched
 
 
 def test_runner_usage_errors_change_nothing(capsys):
