@@ -31,11 +31,12 @@ computed into a [4, 3 vectors] scratch block (stored after the panels) and its
 valid columns copied out.
 """
 
+import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import carray, cfunc, types
 from numba.core import cgutils, config
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import _blas
 from ._blas import gemm
@@ -275,6 +276,56 @@ def gemm_packed(a, packed, columns, c, accumulate):
         col += width
 
 
+# The micro-kernels are compiled once per dtype, as cfuncs bound to fixed symbol
+# names, and every caller links to them by name (as kernels._blas does for BLAS)
+# rather than carrying their IR: Numba re-optimizes a callee's IR in every function
+# that calls it, and the unrolled micro-kernels made each level of callers cost
+# about 5 s of cold compile (the GRU cores and the TF op kernels that call them:
+# about 40 s for one cell and dtype). Binding happens at import (a cache load, or
+# the compile on a machine's first import) because cached callers link to it.
+_PACKED_SIGNATURE = types.void(types.voidptr, types.int64, types.int64, types.voidptr,
+                               types.int64, types.int64, types.voidptr, types.boolean)
+_packed_f32 = types.ExternalFunction("fastrnn_gemm_packed_f32", _PACKED_SIGNATURE)
+_packed_f64 = types.ExternalFunction("fastrnn_gemm_packed_f64", _PACKED_SIGNATURE)
+
+
+def _packed_cfunc(dtype):
+    @cfunc(_PACKED_SIGNATURE, cache=True, error_model="numpy", fastmath={"contract"}, nogil=True)
+    def run(a, rows, depth, packed, size, columns, c, accumulate):
+        gemm_packed(carray(a, (rows, depth), dtype), carray(packed, size, dtype), columns,
+                    carray(c, (rows, columns), dtype), accumulate)
+
+    return run
+
+
+def _bind():
+    functions = {}
+    for name, dtype in (("f32", np.float32), ("f64", np.float64)):
+        functions[name] = _packed_cfunc(dtype)
+        llvm.add_symbol(f"fastrnn_gemm_packed_{name}", functions[name].address)
+    return functions
+
+
+_BOUND = _bind()  # kept alive: the symbols point into these
+
+
+def packed_product(a, packed, columns, out, accumulate):
+    """out[M, columns] = (or +=) a @ B, B packed by `pack`, through the bound
+    micro-kernels. Callable from @njit code only."""
+    raise NotImplementedError("callable from @njit code only")
+
+
+@overload(packed_product, inline="always")
+def _packed_product(a, packed, columns, out, accumulate):
+    run = _packed_f32 if a.dtype == types.float32 else _packed_f64
+
+    def impl(a, packed, columns, out, accumulate):
+        run(a.ctypes, a.shape[0], a.shape[1], packed.ctypes, packed.size, columns, out.ctypes,
+            accumulate)
+
+    return impl
+
+
 @jit
 def product(a, b, packed, out, accumulate):
     """out = (or += when accumulate) a @ b for C-contiguous 2-D arrays of one dtype:
@@ -282,4 +333,4 @@ def product(a, b, packed, out, accumulate):
     if packed.size == 0:
         gemm(a, b, out, accumulate)
     else:
-        gemm_packed(a, packed, b.shape[1], out, accumulate)
+        packed_product(a, packed, b.shape[1], out, accumulate)

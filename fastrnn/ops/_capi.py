@@ -134,14 +134,14 @@ def messages(op, texts):
 # ---------------------------------------------------------------- kernel side --
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def fail(ctx, status, code, table, k):
     """Report failure k of `messages` table to TensorFlow (the outputs are then not read)."""
     TF_SetStatus(status, code, table[k].ctypes.data)
     TF_OpKernelContext_Failure(ctx, status)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def get_input(ctx, i, status, dims):
     """(TF_Tensor*, rank) of input i; dims[:rank] gets its shape. The caller deletes
     the tensor (TF_DeleteTensor). Rank above MAX_DIMS reads as -1."""
@@ -158,7 +158,7 @@ def get_input(ctx, i, status, dims):
     return tensor, rank
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def get_inputs(ctx, status, tensors, dims, ranks):
     """Every input: tensors[i], its rank ranks[i] and shape dims[i, :rank]. False when
     one could not be read (status set, or a rank above MAX_DIMS: ranks[i] = -1)."""
@@ -170,7 +170,7 @@ def get_inputs(ctx, status, tensors, dims, ranks):
     return ok
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def delete_tensors(tensors):
     for i in range(tensors.shape[0]):
         if tensors[i] != 0:
@@ -178,7 +178,7 @@ def delete_tensors(tensors):
             tensors[i] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def shape_is(dims, ranks, i, a, b, c):
     """Input i has shape [a, b, c][:rank] (-1: any size)."""
     expect = (a, b, c)
@@ -188,7 +188,7 @@ def shape_is(dims, ranks, i, a, b, c):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def allocate(ctx, i, dtype_code, itemsize, dims, rank, status):
     """TF_AllocateOutput for output i of shape dims[:rank]; 0 on failure (status set)."""
     size = itemsize
@@ -197,7 +197,7 @@ def allocate(ctx, i, dtype_code, itemsize, dims, rank, status):
     return TF_AllocateOutput(ctx, i, dtype_code, dims.ctypes.data, rank, size, status)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def set_output_shapes(ictx, status, program):
     """Shape inference from a program: for each output, a row of up to 4 pieces
     (input, start, end), each the subshape input[start:end], concatenated; a row

@@ -21,10 +21,12 @@ hh or r*h_{t-1} (H) and h_t (H): I + 5H floats.
 from dataclasses import dataclass
 
 import numpy as np
+from numba import carray, cfunc
 
-from .. import _parts, _pool
+from .. import _abi, _parts, _pool
 from .. import _validate as v
 from .. import _microgemm
+from .._abi import address_to_pointer
 from .._blas import gemm_tn
 from .._microgemm import packed_or_empty, product
 from .._cpu_common import (
@@ -33,6 +35,9 @@ from .._cpu_common import (
     add_unmasked_rows,
     add_output_grad,
     batch_major_into,
+    copy_1d,
+    copy_2d,
+    inline_jit,
     block_gradients,
     jit,
     mask_into,
@@ -81,7 +86,7 @@ def _forward_reset_after(gates, recurrent_kernel, recurrent_packed, b_sum, b_in,
             activate(act, c)
             for j in range(units):
                 h[j] = z[j] * h_prev[j] + (1.0 - z[j]) * c[j]
-            out[b, t] = h
+            copy_1d(out[b, t], h)
         masked_output_rows(states, out, mask, first, t)
 
 
@@ -187,7 +192,7 @@ def _forward_reset_before(gates, kernel_zr, zr_packed, kernel_h, h_packed, bias,
             activate(act, c)
             for j in range(units):
                 h[j] = z[j] * h_prev[j] + (1.0 - z[j]) * c[j]
-            out[b, t] = h
+            copy_1d(out[b, t], h)
         masked_output_rows(states, out, mask, first, t)
 
 
@@ -239,15 +244,15 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, zr_t_packed, k
                 dpr[j] *= drh[j] * h_prev[j]
             for j in range(units):
                 dhb[j] += drh[j] * r[j]
-            dx_row[:2 * units] = d_zr[b]
-            dx_row[2 * units:] = d_pc[b]
+            copy_1d(dx_row[:2 * units], d_zr[b])
+            copy_1d(dx_row[2 * units:], d_pc[b])
             for j in range(width):
                 d_b[j] += dx_row[j]
         product(d_zr, kernel_zr_t, zr_t_packed, rec, False)
         add_unmasked_rows(dh, rec, mask, t)
 
 
-@jit
+@inline_jit
 def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
                  act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
     """A whole gru_forward call on preallocated arrays (the launcher's and the
@@ -262,7 +267,7 @@ def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_af
     time_major_into(x, go_backwards, x_tm)
     mask_into(mask, has_mask, go_backwards, mask_tm, first)
     project(x_tm.reshape(time * batch, inputs), kernel, gates.reshape(time * batch, width))
-    states[0] = h0
+    copy_2d(states[0], h0)
     if reset_after:
         _forward_reset_after(gates, recurrent_kernel, packed_or_empty(recurrent_kernel, packed),
                              bias[0] + bias[1], bias[0], bias[1], states, extra, out, mask_tm,
@@ -273,10 +278,10 @@ def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_af
         _forward_reset_before(gates, kernel_zr, packed_or_empty(kernel_zr, packed), kernel_h,
                               packed_or_empty(kernel_h, packed), bias[0], states, extra, out,
                               mask_tm, first, act, ract)
-    h_last[:] = states[time]
+    copy_2d(h_last, states[time])
 
 
-@jit
+@inline_jit
 def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
                   reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
     """A whole gru_backward call on preallocated arrays. dh [B, H]: d_h_last on entry,
@@ -315,16 +320,118 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
         h_prev = states[:time].reshape(time * batch, units)
         d_zr = np.empty((units, 2 * units), dtype)
         gemm_tn(h_prev, np.ascontiguousarray(d_xw2[:, :2 * units]), d_zr, False)
-        d_recurrent[:, :2 * units] = d_zr
+        copy_2d(d_recurrent[:, :2 * units], d_zr)
         d_h = np.empty((units, units), dtype)
         rh = extra.reshape(time * batch, units)  # r * h_{t-1}
         gemm_tn(rh, np.ascontiguousarray(d_xw2[:, 2 * units:]), d_h, False)
-        d_recurrent[:, 2 * units:] = d_h
+        copy_2d(d_recurrent[:, 2 * units:], d_h)
         for j in range(width):
             d_bias[0, j] = d_b_in[j]
         project(d_xw2, np.ascontiguousarray(kernel.T), dx_tm.reshape(time * batch, inputs))
         gemm_tn(x_tm.reshape(time * batch, inputs), d_xw2, d_kernel, False)
     batch_major_into(dx_tm, go_backwards, dx)
+
+
+# The cores compiled once per dtype and called by name (kernels._abi). Forward args:
+# addresses of x, h0, kernel, recurrent_kernel, bias, mask, out, h_last, x_tm, gates,
+# extra, states, mask_tm, first; then batch, time, inputs, units, bias rows,
+# has_mask, reset_after, go_backwards, act, ract, packed.
+_FORWARD_ARGS = 25
+# Backward args: addresses of x_tm, gates, extra, states, mask_tm, first, kernel,
+# recurrent_kernel, d_out, dh, dx, d_kernel, d_recurrent, d_bias; then batch, time,
+# inputs, units, bias rows, reset_after, go_backwards, act, ract, packed.
+_BACKWARD_ARGS = 24
+
+
+def _forward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _FORWARD_ARGS, np.int64)
+        batch, time, inputs, units, rows = a[14], a[15], a[16], a[17], a[18]
+        width = 3 * units
+        forward_core(
+            carray(address_to_pointer(a[0]), (batch, time, inputs), dtype),
+            carray(address_to_pointer(a[1]), (batch, units), dtype),
+            carray(address_to_pointer(a[2]), (inputs, width), dtype),
+            carray(address_to_pointer(a[3]), (units, width), dtype),
+            carray(address_to_pointer(a[4]), (rows, width), dtype),
+            carray(address_to_pointer(a[5]), (batch if a[19] else 0, time if a[19] else 0),
+                   np.bool_),
+            a[19] != 0, a[20] != 0, a[21] != 0, a[22], a[23], a[24] != 0,
+            carray(address_to_pointer(a[6]), (batch, time, units), dtype),
+            carray(address_to_pointer(a[7]), (batch, units), dtype),
+            carray(address_to_pointer(a[8]), (time, batch, inputs), dtype),
+            carray(address_to_pointer(a[9]), (time, batch, width), dtype),
+            carray(address_to_pointer(a[10]), (time, batch, units), dtype),
+            carray(address_to_pointer(a[11]), (time + 1, batch, units), dtype),
+            carray(address_to_pointer(a[12]), (time, batch), np.bool_),
+            carray(address_to_pointer(a[13]), batch, np.int64))
+
+    return run
+
+
+def _backward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _BACKWARD_ARGS, np.int64)
+        batch, time, inputs, units, rows = a[14], a[15], a[16], a[17], a[18]
+        width = 3 * units
+        backward_core(
+            carray(address_to_pointer(a[0]), (time, batch, inputs), dtype),
+            carray(address_to_pointer(a[1]), (time, batch, width), dtype),
+            carray(address_to_pointer(a[2]), (time, batch, units), dtype),
+            carray(address_to_pointer(a[3]), (time + 1, batch, units), dtype),
+            carray(address_to_pointer(a[4]), (time, batch), np.bool_),
+            carray(address_to_pointer(a[5]), batch, np.int64),
+            carray(address_to_pointer(a[6]), (inputs, width), dtype),
+            carray(address_to_pointer(a[7]), (units, width), dtype),
+            carray(address_to_pointer(a[8]), (batch, time, units), dtype),
+            carray(address_to_pointer(a[9]), (batch, units), dtype),
+            a[19] != 0, a[20] != 0, a[21], a[22], a[23] != 0,
+            carray(address_to_pointer(a[10]), (batch, time, inputs), dtype),
+            carray(address_to_pointer(a[11]), (inputs, width), dtype),
+            carray(address_to_pointer(a[12]), (units, width), dtype),
+            carray(address_to_pointer(a[13]), (rows, width), dtype))
+
+    return run
+
+
+_forward_by_name = _abi.register("gru_forward", _forward_cfunc)
+_backward_by_name = _abi.register("gru_backward", _backward_cfunc)
+
+
+@jit
+def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
+                act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
+    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first)."""
+    a = np.empty(_FORWARD_ARGS, np.int64)
+    a[0], a[1], a[2], a[3] = x.ctypes.data, h0.ctypes.data, kernel.ctypes.data, recurrent_kernel.ctypes.data
+    a[4], a[5], a[6], a[7] = bias.ctypes.data, mask.ctypes.data, out.ctypes.data, h_last.ctypes.data
+    a[8], a[9], a[10], a[11] = x_tm.ctypes.data, gates.ctypes.data, extra.ctypes.data, states.ctypes.data
+    a[12], a[13] = mask_tm.ctypes.data, first.ctypes.data
+    a[14], a[15], a[16], a[17], a[18] = x.shape[0], x.shape[1], x.shape[2], h0.shape[1], bias.shape[0]
+    a[19], a[20], a[21], a[22], a[23], a[24] = has_mask, reset_after, go_backwards, act, ract, packed
+    _forward_by_name(x, a)
+
+
+@jit
+def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
+                 reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
+    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first)."""
+    a = np.empty(_BACKWARD_ARGS, np.int64)
+    a[0], a[1], a[2], a[3] = x_tm.ctypes.data, gates.ctypes.data, extra.ctypes.data, states.ctypes.data
+    a[4], a[5], a[6], a[7] = mask_tm.ctypes.data, first.ctypes.data, kernel.ctypes.data, recurrent_kernel.ctypes.data
+    a[8], a[9], a[10], a[11] = d_out.ctypes.data, dh.ctypes.data, dx.ctypes.data, d_kernel.ctypes.data
+    a[12], a[13] = d_recurrent.ctypes.data, d_bias.ctypes.data
+    a[14], a[15], a[16], a[17], a[18] = dh.shape[0], x_tm.shape[0], x_tm.shape[2], dh.shape[1], d_bias.shape[0]
+    a[19], a[20], a[21], a[22], a[23] = reset_after, go_backwards, act, ract, packed
+    _backward_by_name(dh, a)
+
+
+def prepare_cores(dtype):
+    """Compile (or load) and bind the GRU cores for dtype, once per process."""
+    _abi.ensure("gru_forward", dtype)
+    _abi.ensure("gru_backward", dtype)
 
 
 @dataclass(eq=False)
@@ -409,7 +516,8 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     h_last = np.empty((batch, units), x.dtype)
     mask_tm = np.empty((time, batch), np.bool_)
     first = np.empty(batch, np.int64)
-    forward_core(x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
+    prepare_cores(x.dtype)
+    run_forward(x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
                  mask is not None, bool(reset_after), bool(go_backwards), act, ract,
                  _microgemm.wanted(), out, h_last, x_tm, gates, extra, states, mask_tm, first)
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
@@ -442,7 +550,8 @@ def gru_backward(saved, d_out, d_h_last):
     d_kernel = _pool.empty((inputs, width), dtype)
     d_recurrent = _pool.empty((units, width), dtype)
     d_bias = np.empty((2 if saved.reset_after else 1, width), dtype)
-    backward_core(saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
+    prepare_cores(dtype)
+    run_backward(saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
                   saved.kernel, saved.recurrent_kernel, d_out, dh, saved.reset_after,
                   bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx,
                   d_kernel, d_recurrent, d_bias)

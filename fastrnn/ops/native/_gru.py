@@ -3,7 +3,7 @@
 import numpy as np
 from numba import carray, cfunc
 
-from fastrnn.kernels._cpu_common import prepare
+from fastrnn.kernels._cpu_common import copy_2d, prepare
 from fastrnn.kernels.gru import cpu as gru_cpu
 
 from .. import _capi
@@ -89,6 +89,7 @@ def _gru_backward_shapes(ictx, status):
 
 def _gru_kernels(dtype):
     """(forward, backward) cfuncs of the GRU ops for one dtype."""
+    gru_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _GRU_FORWARD_ERRORS, _GRU_BACKWARD_ERRORS
@@ -158,7 +159,7 @@ def _gru_kernels(dtype):
             extra = carray(TF_TensorData(outputs[3]), (time, batch, units), dtype)
             states = carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype)
             try:
-                gru_cpu.forward_core(
+                gru_cpu.run_forward(
                     x, h0, kernel, recurrent, bias, mask, has_mask, reset_after, config[1] != 0,
                     np.int64(config[2]), np.int64(config[3]), config[6] != 0, out, h_last,
                     np.empty((time, batch, inputs), dtype), gates, extra, states,
@@ -246,7 +247,7 @@ def _gru_kernels(dtype):
             states = carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype)
             d_out = carray(TF_TensorData(tensors[8]), (batch, time, units), dtype)
             dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            dh[:] = carray(TF_TensorData(tensors[9]), (batch, units), dtype)
+            copy_2d(dh, carray(TF_TensorData(tensors[9]), (batch, units), dtype))
             dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
             go_backwards = config[1] != 0
             try:
@@ -254,7 +255,7 @@ def _gru_kernels(dtype):
                 mask_tm = np.empty((time, batch), np.bool_)
                 first = np.empty(batch, np.int64)
                 prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
-                gru_cpu.backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent,
+                gru_cpu.run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent,
                                       d_out, dh, reset_after, go_backwards, np.int64(config[2]),
                                       np.int64(config[3]),
                                       config[6] != 0, dx, d_kernel, d_recurrent, d_bias)
