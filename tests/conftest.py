@@ -106,3 +106,14 @@ def check_kernel_against_reference(forward, backward, ref_forward, ref_backward,
         assert g.dtype == dtype, f"d_{name} has dtype {g.dtype}"
         worst[f"d_{name}"] = assert_close(f"d_{name}", g, r, dtype)
     return worst
+
+
+@pytest.fixture(params=["native", "numpy_function"])
+def cpu_route(request):
+    """Run the test on each CPU route of the layers (fastrnn.ops.recurrence.ROUTES)."""
+    from fastrnn.ops import recurrence
+
+    previous = recurrence.get_route()
+    recurrence.set_route(request.param)
+    yield request.param
+    recurrence.set_route(previous)

@@ -13,6 +13,9 @@ import tensorflow as tf
 
 import fastrnn
 
+# Every test here runs on both CPU routes: the native ops and tf.numpy_function.
+pytestmark = pytest.mark.usefixtures("cpu_route")
+
 B, T, I, H = 3, 9, 4, 5
 PAIRS = {"gru": (keras.layers.GRU, fastrnn.GRU), "simple_rnn": (keras.layers.SimpleRNN, fastrnn.SimpleRNN),
          "lstm": (keras.layers.LSTM, fastrnn.LSTM)}
@@ -159,8 +162,12 @@ def test_no_warning_on_the_fast_path():
 
 
 @pytest.mark.parametrize("cell", list(PAIRS))
-def test_the_fast_path_runs(cell, monkeypatch):
+def test_the_fast_path_runs(cell, monkeypatch, cpu_route):
     from fastrnn import ops
+    from fastrnn.ops import recurrence
+
+    assert recurrence.route_name("cpu") == {"native": "native op",
+                                            "numpy_function": "numpy_function fallback"}[cpu_route]
 
     calls = []
     original = getattr(ops, cell)
@@ -173,3 +180,28 @@ def test_the_fast_path_runs(cell, monkeypatch):
     _, fast = make_pair(cell)
     fast(np.ones((2, 3, I), np.float32))
     assert calls, "the layer did not call the fastrnn op"
+
+
+OP_NAMES = {"gru": "FastrnnGRU", "simple_rnn": "FastrnnSimpleRNN", "lstm": "FastrnnLSTM"}
+
+
+@pytest.mark.parametrize("cell", list(PAIRS))
+def test_the_route_runs_its_ops(cell, cpu_route):
+    """The native route puts the cell's forward and backward ops in a training graph;
+    the numpy_function route puts PyFuncs there and no native op."""
+    _, fast = make_pair(cell)
+    x = tf.constant(np.ones((2, 3, I), np.float32))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(fast(x))
+        return tape.gradient(y, x)
+
+    types = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+    native = {f"{OP_NAMES[cell]}Forward", f"{OP_NAMES[cell]}Backward"}
+    if cpu_route == "native":
+        assert native <= types and "PyFunc" not in types, sorted(types)
+    else:
+        assert not native & types and "PyFunc" in types, sorted(types)
