@@ -25,6 +25,7 @@ if not os.path.isdir(os.path.join(__path__[0], "kernels")) and os.path.isfile(
 _SUBMODULES = ("kernels", "testing", "ops", "layers")
 _LAYERS = ("GRU", "LSTM", "MinGRU", "MinGRUCell", "SimpleRNN")
 _PATCH = ("patch", "unpatch", "patched")
+_SETTINGS = ("warmup", "set_route", "get_route")
 
 
 def __getattr__(name):
@@ -34,8 +35,11 @@ def __getattr__(name):
         return getattr(importlib.import_module(f"{__name__}.layers"), name)
     if name in _PATCH:
         return getattr(importlib.import_module(f"{__name__}._patch"), name)
+    if name in _SETTINGS:
+        return getattr(importlib.import_module(f"{__name__}._settings"), name)
     raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES) + list(_LAYERS) + list(_PATCH))
+    return sorted(list(globals()) + list(_SUBMODULES) + list(_LAYERS) + list(_PATCH)
+                  + list(_SETTINGS))
