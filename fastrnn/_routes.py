@@ -69,10 +69,26 @@ def report():
     return "\n".join(lines)
 
 
-def fast_route(device):
-    """The name of the route fastrnn's own ops take for `device`."""
+def fast_route(device, layer=None):
+    """The name of the route fastrnn's own ops take for `device` (and `layer`'s cell)."""
     from fastrnn.ops import recurrence
 
     # recurrence.route_name is the lead's (native op / numpy_function fallback / cuda);
     # before it exists every fast call goes through tf.numpy_function.
-    return getattr(recurrence, "route_name", lambda d: "numpy_function fallback")(device)
+    route_name = getattr(recurrence, "route_name", None)
+    if route_name is None:
+        return "numpy_function fallback"
+    name = route_name(device)
+    if name == "native op" and layer is not None:
+        # route_name does not know the cell: native ops exist cell by cell, and a
+        # cell without its op (recurrence calls native.<cell>) runs numpy_function.
+        op = next((_OPS[c.__name__] for c in type(layer).__mro__
+                   if c.__module__.startswith("fastrnn.layers") and c.__name__ in _OPS), None)
+        native = recurrence.native_route(device)
+        if op is not None and native is not None and not hasattr(native, op):
+            return "numpy_function fallback"
+    return name
+
+
+# The ops function of each fastrnn layer class (fastrnn.ops.<name>, ops.native.<name>).
+_OPS = {"GRU": "gru", "LSTM": "lstm", "SimpleRNN": "simple_rnn", "MinGRU": "mingru"}

@@ -134,7 +134,7 @@ class FastRNNMixin:
             # The same cached mask Keras' step loop applies at every step.
             dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
             sequences = sequences * tf.expand_dims(dp_mask, 1)
-        _routes.note(self, _routes.fast_route(self._device))
+        _routes.note(self, _routes.fast_route(self._device, self))
         outputs, final_states = self._fast_loop(sequences, states, mask, training)
         if mask is not None and self.zero_output_for_mask:
             keep = tf.reverse(mask, [1]) if self.go_backwards else mask
