@@ -93,16 +93,25 @@ def _keras_modules(defining_module):
     later (tf.keras's, on first use) pick up what the patch put there.
     """
     seen = set()
-    for name, module in list(sys.modules.items()):
-        if module is None or id(module) in seen:
-            continue
-        if not (name == "keras" or name.startswith(("keras.", "tensorflow.keras"))):
+    for name, module in _namespace_modules():
+        if id(module) in seen:
             continue
         if (name.startswith("keras.src.") and not hasattr(module, "__path__")
                 and name != defining_module):
             continue
         seen.add(id(module))
         yield module
+
+
+_scan = None  # the keras-namespace modules, listed once per _apply
+
+
+def _namespace_modules():
+    if _scan is not None:
+        return _scan
+    return [(name, module) for name, module in list(sys.modules.items())
+            if module is not None
+            and (name == "keras" or name.startswith(("keras.", "tensorflow.keras")))]
 
 
 def _module_attributes(module, value):
@@ -216,16 +225,26 @@ def _set_serializers(on):
 
 def _apply():
     """Bring the patch in line with _explicit and _holds (call with _lock held)."""
+    global _scan
     want = {c for c in CELLS if c in _explicit or _holds.get(c, 0) > 0}
+    if want == set(_applied):
+        return
     if want - set(_applied):
-        _set_serializers(True)
-    for cell in CELLS:
-        if cell in want and cell not in _applied:
-            _install(cell)
-        elif cell not in want and cell in _applied:
-            _uninstall(cell)
-    if not _applied:
-        _set_serializers(False)
+        import fastrnn.layers  # noqa: F401 - imports keras before the modules are listed
+    _scan = None
+    _scan = _namespace_modules()
+    try:
+        if want - set(_applied):
+            _set_serializers(True)
+        for cell in CELLS:
+            if cell in want and cell not in _applied:
+                _install(cell)
+            elif cell not in want and cell in _applied:
+                _uninstall(cell)
+        if not _applied:
+            _set_serializers(False)
+    finally:
+        _scan = None
 
 
 def patched_cells():
