@@ -15,8 +15,12 @@ namespaces) and the module that defines the class are public ways of naming it.
 
 While patched, a fastrnn layer with the default device="auto" serializes as
 Keras' own class with Keras' config (no `device`), so a model saved under the
-patch loads with plain Keras. A layer given an explicit device keeps fastrnn's
-registered name and its `device`: loading it needs fastrnn imported.
+patch (.keras or .h5) loads with plain Keras: the patch wraps Keras' two
+serializers, serialization_lib.serialize_with_public_class (.keras, get_config,
+Bidirectional's copies) and the legacy serialize_keras_object (.h5), the same
+way (module attributes, put back on unpatch). A layer given an explicit device
+keeps fastrnn's registered name and its `device`: loading it needs fastrnn
+imported.
 
 The patch is process-wide (module attributes are shared by all threads), like
 scikit-learn-intelex's patch_sklearn. Layers that already exist keep their class.
