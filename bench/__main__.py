@@ -1,7 +1,12 @@
 """python -m bench: fastrnn beside Keras, PyTorch and the NumPy GEMM floor, in one run.
 
 Prints medians (ms) and ratios per case, with the machine and library versions,
-and saves pytest-benchmark's JSON under bench/results/.
+then the tables of their own: seed-style models beside Keras, the numpy_function
+route and a stand-in (the recurrent layers' share of a step); the bridge (a
+4-layer model of no-work layers: native op pair against tf.numpy_function); the
+fixed cost of one call split into dispatch, native bridge and numpy_function
+bridge; and (--full or --suite firstuse) a fresh process's first use, cold and
+warm. Saves pytest-benchmark's JSON under bench/results/.
 """
 
 import argparse
@@ -15,6 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ANCHORS = ("keras", "torch", "floor")
+DEFAULT_SUITES = ("kernels", "layers", "bridge", "mingru")
+FULL_SUITES = ("scaling", "firstuse")  # added by --full
 
 
 def machine():
@@ -43,10 +50,16 @@ def versions():
     return out
 
 
+# Cases printed in tables of their own (extra_info "kind"), not in the main table.
+OWN_TABLES = ("model", "bridge", "overhead", "firstuse")
+
+
 def table(data):
     rows = {}
     for bench in _entries(data):
         info = bench["extra_info"]
+        if info.get("kind") in OWN_TABLES:
+            continue
         key = (info["cell"], info["shape"], info["mode"])
         rows.setdefault(key, {})[info["impl"]] = bench["stats"]
     lines = []
@@ -54,8 +67,9 @@ def table(data):
     header = (f"{'case':<{width}}{'shape':<20}{'mode':<18}{'fastrnn ms':>11}{'IQR':>7}"
               f"{'keras ms':>10}{'torch ms':>10}{'floor ms':>10}"
               f"{'vs keras':>10}{'vs torch':>10}{'/ floor':>9}")
-    lines.append(header)
-    lines.append("-" * len(header))
+    scans = {key: stats for key, stats in rows.items() if key[0].startswith("scan")}
+    if len(rows) > len(scans):
+        lines += [header, "-" * len(header)]
     scans = {key: stats for key, stats in rows.items() if key[0].startswith("scan")}
     for (cell, shape, mode), stats in rows.items():
         if (cell, shape, mode) in scans:
@@ -87,15 +101,175 @@ def table(data):
             lines.append(f"{cell:<16}{time:>8}{med.get('fastrnn', float('nan')):>12.3f}"
                          f"{med.get('blelloch', float('nan')):>10.3f}{med.get('copy', float('nan')):>9.3f}"
                          f"{choose_method(batch, time):>12}")
-    overhead = rows.get(("overhead GRU(1)", "B1 T1 I1 H1", "forward"))
-    if overhead and {"fastrnn", "fastrnn kernel", "tf.numpy_function"} <= set(overhead):
-        med = {k: s["median"] * 1e6 for k, s in overhead.items()}
-        own = med["fastrnn"] - med["fastrnn kernel"] - med["tf.numpy_function"]
-        lines.append("")
-        lines.append(f"fixed cost of one fastrnn.GRU call (B1 T1 H1, inside tf.function): "
-                     f"{med['fastrnn']:.0f} us = kernel {med['fastrnn kernel']:.0f} us + bare "
-                     f"tf.numpy_function round trip {med['tf.numpy_function']:.0f} us + fastrnn's "
-                     f"own glue {own:.0f} us (keras.layers.GRU: {med.get('keras', float('nan')):.0f} us)")
+    for part in (model_table(data), bridge_table(data), overhead_table(data),
+                 firstuse_table(data)):
+        if part:
+            lines += ["", part] if lines else [part]
+    return "\n".join(lines)
+
+
+def _kind(data, kind):
+    """{(cell, shape, mode): {impl: entry}} of the cases of one kind, in run order."""
+    rows = {}
+    for bench in _entries(data):
+        info = bench["extra_info"]
+        if info.get("kind") == kind:
+            rows.setdefault((info["cell"], info["shape"], info["mode"]), {})[info["impl"]] = bench
+    return rows
+
+
+def _median(entry, scale=1e3):
+    return entry["stats"]["median"] * scale if entry else float("nan")
+
+
+_ROUTE_WORDS = {"native op": "native", "numpy_function fallback": "numpy_function",
+                "cuda": "cuda", "keras": "keras loop"}
+
+
+def _routes(entry):
+    routes = (entry or {}).get("extra_info", {}).get("routes") or []
+    return "+".join(_ROUTE_WORDS.get(r, r) for r in routes) or "-"
+
+
+def model_table(data):
+    """Per seed-style model: Keras, fastrnn, fastrnn on the numpy_function route and the
+    stand-in; the recurrent share (step - stand-in) of Keras and fastrnn, and its ratio."""
+    rows = _kind(data, "model")
+    if not rows:
+        return ""
+    width = max(len(k[0]) for k in rows) + 2
+    header = (f"{'model':<{width}}{'mode':<18}{'keras':>8}{'fastrnn':>9}{'np_func':>9}"
+              f"{'stand-in':>9}{'keras rec':>10}{'fast rec':>9}{'rec x':>7}{'step x':>7}"
+              f"{'rec %':>7}  fastrnn route")
+    lines = ["seed-style models, one step (ms, medians): keras, fastrnn (its route: last "
+             "column), np_func = fastrnn on the tf.numpy_function route, stand-in = every "
+             "recurrent layer replaced by a Dense on its inputs (bench/bridge.py StandIn); "
+             "rec = step - stand-in, the recurrent layers' share; 'rec x' = keras rec / "
+             "fastrnn rec, 'step x' = keras step / fastrnn step; 'rec %' = keras rec as a "
+             "share of keras' step (what any recurrent speed-up can act on)",
+             header, "-" * len(header)]
+    flagged = []
+    for (cell, _, mode), impls in rows.items():
+        med = {impl: _median(entry) for impl, entry in impls.items()}
+        keras_ms, fast_ms = med.get("keras", float("nan")), med.get("fastrnn", float("nan"))
+        stand = med.get("stand-in", float("nan"))
+        keras_rec, fast_rec = keras_ms - stand, fast_ms - stand
+        rec_x = f"{keras_rec / fast_rec:>6.2f}x" if fast_rec > 0 and keras_rec > 0 else f"{'-':>7}"
+        share = f"{keras_rec / keras_ms:>7.0%}" if keras_ms > 0 else f"{'-':>7}"
+        np_routes = _routes(impls.get("numpy_function"))
+        mark = ""
+        if "numpy_function" in impls and np_routes != "numpy_function":
+            mark = "!"
+            flagged.append(f"{cell} {mode}: the np_func model ran on {np_routes}")
+        lines.append(f"{cell:<{width}}{mode:<18}{keras_ms:>8.2f}{fast_ms:>9.2f}"
+                     f"{med.get('numpy_function', float('nan')):>8.2f}{mark or ' '}{stand:>9.2f}"
+                     f"{keras_rec:>10.2f}{fast_rec:>9.2f}{rec_x}{keras_ms / fast_ms:>6.2f}x"
+                     f"{share}  {_routes(impls.get('fastrnn'))}")
+    lines += [f"! {text}" for text in flagged]
+    return "\n".join(lines)
+
+
+def bridge_table(data):
+    """The 4-layer model with no-work layers: (step - nothing) / layers per bridge."""
+    rows = _kind(data, "bridge")
+    if not rows:
+        return ""
+    lines = ["bridge: the 4-layer forecasting model (B32 T15 I1, 45 units a layer) whose layers "
+             "do no recurrent work (bench/bridge.py: a projection, then a no-work native op "
+             "pair, a no-work tf.numpy_function pair, or nothing); per layer = (step - nothing) "
+             "/ 4: one layer's forward+backward bridge (forward only in predict_on_batch)",
+             f"{'mode':<18}{'nothing ms':>11}{'native ms':>11}{'np_func ms':>11}"
+             f"{'native us/layer':>17}{'np_func us/layer':>18}"]
+    for (_, _, mode), impls in rows.items():
+        layers = next(iter(impls.values()))["extra_info"].get("layers", 4)
+        med = {impl: _median(entry) for impl, entry in impls.items()}
+        nothing = med.get("nothing", float("nan"))
+        native, numpy = med.get("native op pair", float("nan")), med.get("numpy_function pair",
+                                                                          float("nan"))
+        per_native = (native - nothing) / layers * 1e3
+        per_numpy = (numpy - nothing) / layers * 1e3
+        lines.append(f"{mode:<18}{nothing:>11.2f}{native:>11.2f}{numpy:>11.2f}"
+                     f"{per_native:>17.0f}{per_numpy:>18.0f}")
+        if mode == "train_on_batch":
+            verdict = "met" if per_native <= 50 else "NOT met"
+            if per_native < 0:
+                verdict = "not shown: below zero, the noise is larger than the bridge"
+            lines.append(f"target: at most 50 us a layer forward+backward for the native pair: "
+                         f"{verdict} ({per_native:.0f} us)")
+    return "\n".join(lines)
+
+
+_OVERHEAD_ROWS = (
+    ("dispatch", "dispatch: an empty tf.function (tf.identity)"),
+    ("native forward", "no-work native op, forward"),
+    ("native pair", "no-work native op pair, forward + backward"),
+    ("numpy_function forward", "no-work tf.numpy_function, forward"),
+    ("numpy_function pair", "no-work tf.numpy_function pair, forward + backward"),
+    ("fastrnn", "fastrnn.GRU(1) forward, fastrnn's route"),
+    ("fastrnn numpy_function", "fastrnn.GRU(1) forward, numpy_function route"),
+    ("keras", "keras.layers.GRU(1) forward"),
+)
+
+
+def overhead_table(data):
+    """The fixed cost of one call, split: dispatch, native bridge, numpy_function bridge."""
+    rows = _kind(data, "overhead")
+    if not rows:
+        return ""
+    (_, shape, _), impls = next(iter(rows.items()))
+    med = {impl: _median(entry, 1e6) for impl, entry in impls.items()}
+    dispatch = med.get("dispatch", float("nan"))
+    width = max(len(text) for _, text in _OVERHEAD_ROWS) + 2
+    lines = [f"fixed cost of one call inside a tf.function, on a [1, 1, 1] input ({shape}; "
+             "medians, us; 'beyond' = minus the empty tf.function's call, which is TensorFlow's)",
+             f"{'what':<{width}}{'us':>8}{'beyond':>9}"]
+    for impl, text in _OVERHEAD_ROWS:
+        if impl in med:
+            beyond = f"{med[impl] - dispatch:>9.0f}" if impl != "dispatch" else f"{'-':>9}"
+            lines.append(f"{text:<{width}}{med[impl]:>8.0f}{beyond}")
+    if "fastrnn kernel" in med:
+        lines.append(f"{'fastrnn.kernels.gru_forward from Python (no TF)':<{width}}"
+                     f"{med['fastrnn kernel']:>8.0f}{'':>9}")
+    if {"dispatch", "native pair", "numpy_function pair"} <= set(med):
+        beyond = {impl: med.get(impl, float("nan")) - dispatch for impl in med}
+        lines.append(f"dispatch {dispatch:.0f} us, native bridge {beyond['native pair']:.0f} us "
+                     f"(forward op alone {beyond.get('native forward', float('nan')):.0f} us), "
+                     f"numpy_function bridge {beyond['numpy_function pair']:.0f} us (forward "
+                     f"alone {beyond.get('numpy_function forward', float('nan')):.0f} us): "
+                     "forward+backward pairs, beyond dispatch")
+    if "fastrnn" in impls:
+        lines.append(f"fastrnn.GRU(1) ran on: {_routes(impls['fastrnn'])} (fastrnn's route), "
+                     f"{_routes(impls.get('fastrnn numpy_function'))} (numpy_function route)")
+    return "\n".join(lines)
+
+
+_FIRSTUSE_ROWS = (("cold", "fastrnn, cold (empty Numba cache)"),
+                  ("warm", "fastrnn, warm (the same cache again)"),
+                  ("keras", "Keras' own layers"))
+
+
+def firstuse_table(data):
+    """A fresh process's import, build and first steps, cold and warm (seconds)."""
+    rows = _kind(data, "firstuse")
+    if not rows:
+        return ""
+    cell = next(iter(rows))[0]
+    phases = [mode for (_, _, mode) in rows]
+    width = max(len(text) for _, text in _FIRSTUSE_ROWS) + 2
+    lines = [f"{cell}, first use in a fresh process (seconds): import = fastrnn with "
+             "TensorFlow and Keras; build = model built and compiled; first/second step = "
+             "train_on_batch at B32 T15; process = the whole subprocess",
+             f"{'':<{width}}" + "".join(f"{phase:>13}" for phase in phases) + "  routes"]
+    by_impl = {}
+    for (_, _, mode), impls in rows.items():
+        for impl, entry in impls.items():
+            by_impl.setdefault(impl, {})[mode] = entry
+    for impl, text in _FIRSTUSE_ROWS:
+        if impl in by_impl:
+            entries = by_impl[impl]
+            lines.append(f"{text:<{width}}"
+                         + "".join(f"{_median(entries.get(p), 1):>13.2f}" for p in phases)
+                         + f"  {_routes(next(iter(entries.values())))}")
     return "\n".join(lines)
 
 
@@ -112,17 +286,26 @@ def main(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: the CUDA kernels beside cuDNN on a GPU (see bench/gpu.py)")
     parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn,mingru")
-    parser.add_argument("--suite", default="kernels,layers,mingru",
+    parser.add_argument("--suite", default=",".join(DEFAULT_SUITES),
                         help="comma-separated suites: kernels (kernel level, beside Keras, torch "
-                             "and the GEMM floor), layers (Keras layers and models), mingru "
+                             "and the GEMM floor), layers (Keras layers, and seed-style models "
+                             "beside Keras, the numpy_function route and a stand-in), bridge "
+                             "(a 4-layer model of no-work layers: the native op pair against "
+                             "tf.numpy_function; the fixed cost of one call, split), mingru "
                              "(minGRU kernels, the scan against T, a language model), scaling "
-                             "(GRU and minGRU time against T and H; --full runs it too)")
+                             "(GRU and minGRU time against T and H), firstuse (a fresh "
+                             "process's import and first steps, cold and warm Numba cache; "
+                             "minutes); --full adds scaling and firstuse")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="the default: fewer timed rounds, the longest scans left out")
     size.add_argument("--full", action="store_true", help="every case, more timed rounds")
     parser.add_argument("--budget", default=None,
-                        help="seconds of timed rounds per case (quick 0.15, full 0.5)")
+                        help="seconds of timed rounds per case (quick 0.15, full 0.5); 0 runs "
+                             "the fewest rounds (one rotation), to check that cases run")
+    parser.add_argument("-k", dest="select", default=None, metavar="EXPR",
+                        help="only the cases whose pytest ids match EXPR (pytest -k), e.g. "
+                             "'test_model and GRU'")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for BLAS, Numba, TensorFlow and torch (default: all)")
     parser.add_argument("--json", default=None, help="where to save the run (JSON)")
@@ -137,8 +320,8 @@ def main(argv=None):
     out = Path(args.json) if args.json else HERE / "results" / f"run-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     suites = [suite.strip() for suite in args.suite.split(",") if suite.strip()]
-    if args.full and "scaling" not in suites:
-        suites.append("scaling")
+    if args.full:
+        suites += [suite for suite in FULL_SUITES if suite not in suites]
     files = [str(HERE / f"test_{suite}.py") for suite in suites]
     cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only",
            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}",
@@ -146,12 +329,14 @@ def main(argv=None):
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     selection = []
     if only:
-        selection.append("(" + " or ".join(only + ["overhead"]) + ")")
+        selection.append("(" + " or ".join(only + ["overhead", "bridge", "first_use"]) + ")")
     if not args.full:
         # The longest scans (test ids carry T), the language-model epochs and the
         # layer-level forward-only cases run with --full only.
         selection.append("not 65536 and not 16384 and not lm_epoch "
                          "and not (test_layer and (forward- or T1024))")
+    if args.select:
+        selection.append(f"({args.select})")
     if selection:
         cmd += ["-k", " and ".join(selection)]
     env = dict(os.environ)
@@ -166,7 +351,8 @@ def main(argv=None):
         print("torch is not installed: its anchor is left out (pip install torch to add it)")
     if not args.full:
         print("--quick (the default): scans past T=4096, the language-model epochs, the "
-              "layer-level forward-only and T=1024 cases are left out; --full runs them")
+              "layer-level forward-only and T=1024 cases, the scaling curves and first use "
+              "(--suite firstuse) are left out; --full runs them")
     print("running:", " ".join(cmd[2:]), flush=True)
     # pytest's own progress line (one dot per case, percent done) is the progress bar.
     result = subprocess.run(cmd, cwd=HERE.parent, text=True, env=env)

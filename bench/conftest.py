@@ -28,11 +28,11 @@ ROUND = "paired round"
 _ENTRIES = []  # each implementation's samples, added to the JSON at the end
 
 
-def _rounds(round_s, budget_s, n_impls):
+def _rounds(round_s, budget_s, n_impls, most=50):
     """Rounds for about budget_s of rounds, at least two rotations (one in --quick
-    runs, whose budget is under 0.3 s) and at most 50, a whole number of rotations."""
+    runs, whose budget is under 0.3 s) and at most `most`, a whole number of rotations."""
     least = n_impls if budget_s < 0.3 else 2 * n_impls
-    rounds = max(least, min(50, int(budget_s * n_impls / max(round_s, 1e-6))))
+    rounds = max(least, min(most, int(budget_s * n_impls / max(round_s, 1e-6))))
     return -(-rounds // n_impls) * n_impls
 
 
@@ -42,10 +42,12 @@ def run_paired(benchmark, request):
 
     `info` (cell, shape, mode) goes into every entry's extra_info, with the
     implementation's name as `impl`. Returns {impl: extra_info dict}, so a test
-    can add to one implementation's entry."""
+    can add to one implementation's entry. `scale` multiplies the budget and the
+    most rounds: for cheap cases whose table subtracts one implementation from
+    another (differences of tens of microseconds need more samples)."""
     budget = float(request.config.getoption("--bench-budget"))
 
-    def run(fns, **info):
+    def run(fns, scale=1, **info):
         names = list(fns)
         once = {}
         for name, fn in fns.items():
@@ -65,24 +67,30 @@ def run_paired(benchmark, request):
                 fns[name]()
                 samples[name].append(time.perf_counter() - start)
 
-        rounds = _rounds(2 * sum(once.values()), budget, len(names))
+        rounds = _rounds(2 * sum(once.values()), budget * scale, len(names), most=50 * scale)
         benchmark.extra_info.update(info, impl=ROUND, impls=names)
         benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
-        extra = {}
-        for name in names:
-            stats = Stats()
-            for duration in samples[name]:
-                stats.update(duration)
-            extra[name] = dict(info, impl=name, paired=True)
-            entry = {"group": benchmark.group, "name": f"{request.node.name}[{name}]",
-                     "fullname": f"{request.node.nodeid}[{name}]",
-                     "params": None, "param": name, "extra_info": extra[name],
-                     "options": {"timer": "perf_counter", "paired_rounds": rounds},
-                     "stats": dict(stats.as_dict(), data=list(stats.data))}
-            _ENTRIES.append(entry)
-        return extra
+        return {name: record_samples(request, benchmark, name, samples[name], info,
+                                     paired=True, paired_rounds=rounds)
+                for name in names}
 
     return run
+
+
+def record_samples(request, benchmark, name, samples, info, paired=False, **options):
+    """Add an entry for implementation `name` with these samples (seconds) to the JSON,
+    with pytest-benchmark's statistics; returns its extra_info (info + impl), which the
+    caller may still add to."""
+    stats = Stats()
+    for duration in samples:
+        stats.update(duration)
+    extra = dict(info, impl=name, paired=paired)
+    _ENTRIES.append({"group": benchmark.group, "name": f"{request.node.name}[{name}]",
+                     "fullname": f"{request.node.nodeid}[{name}]",
+                     "params": None, "param": name, "extra_info": extra,
+                     "options": dict(options, timer="perf_counter"),
+                     "stats": dict(stats.as_dict(), data=list(stats.data))})
+    return extra
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
