@@ -430,6 +430,14 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="
     """
     meta = dict(has_bias=bias is not None, act=_validate.activation_code(activation),
                 go_backwards=bool(go_backwards))
+    native = native_route(device)
+    if native is not None:
+        _, (x_c, h0_c, w, u, b, rm) = _native_inputs(
+            x, [x, h0, kernel, recurrent_kernel, bias, recurrent_mask])
+        out, h_last = native.simple_rnn(x_c, h0_c, w, u, b, mask, act=meta["act"],
+                                        go_backwards=meta["go_backwards"], recurrent_mask=rm,
+                                        max_parts=MAX_PARTS)
+        return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype)
 
     def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return kernels.simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias,

@@ -8,6 +8,11 @@ Forward: one GEMM projects every step's input, then per step one BLAS call
 one GEMM each after the loop.
 
 Saved for backward, per step and batch row: x_t (I floats) and h_t (H floats).
+
+One nopython core per direction (forward_core, backward_core) does a whole call on
+preallocated arrays: the launchers below validate, allocate and call it, and so do
+the TensorFlow ops' cfuncs (fastrnn/ops/native/_simple_rnn.py), with the same
+argument types, so each core compiles once per dtype.
 """
 
 from dataclasses import dataclass
@@ -16,20 +21,20 @@ import numpy as np
 
 from .. import _parts, _pool
 from .. import _validate as v
-from .._microgemm import pack_for, product
+from .. import _microgemm
+from .._microgemm import packed_or_empty, product
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
     all_rows,
+    batch_major_into,
     block_gradients,
-    per_block,
-    from_time_major,
-    project,
     jit,
     masked_output_rows,
-    time_major_mask,
-    to_time_major,
+    prepare,
+    project,
+    steps_per_block,
 )
 
 
@@ -61,7 +66,10 @@ def _forward_kernel(x_tm, kernel, recurrent_kernel, recurrent_packed, bias, stat
                     row[j] += bias[j]
             activate(act, pre.reshape(batch * units))
             for b in range(batch):
-                out[b, t] = pre[b]
+                row = pre[b]
+                out_row = out[b, t]
+                for j in range(units):
+                    out_row[j] = row[j]
             continue
         for b in range(batch):
             if mask[t, b]:
@@ -69,7 +77,9 @@ def _forward_kernel(x_tm, kernel, recurrent_kernel, recurrent_packed, bias, stat
                 for j in range(units):
                     row[j] += bias[j]
                 activate(act, row)
-                out[b, t] = row
+                out_row = out[b, t]
+                for j in range(units):
+                    out_row[j] = row[j]
         # Rows masked at t: their projection is overwritten with the kept state.
         masked_output_rows(states, out, mask, first, t)
 
@@ -115,14 +125,22 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, recurrent_t_pa
                         row[:] = 0.0
             product(d_pre[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
             if full and not rec_mask.size:
-                dh[:] = rec
+                dh_flat = dh.reshape(batch * units)
+                rec_flat = rec.reshape(batch * units)
+                for k in range(batch * units):
+                    dh_flat[k] = rec_flat[k]
                 continue
             for b in range(batch):
                 if mask[t, b]:
-                    dh[b] = rec[b]
+                    dhb = dh[b]
+                    rb = rec[b]
                     if rec_mask.size:
+                        mb = rec_mask[b]
                         for j in range(units):
-                            dh[b, j] *= rec_mask[b, j]
+                            dhb[j] = rb[j] * mb[j]
+                    else:
+                        for j in range(units):
+                            dhb[j] = rb[j]
         h_prev = states[lo:hi]
         if rec_mask.size:
             for t in range(lo, hi):
@@ -133,6 +151,52 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, recurrent_t_pa
         block_gradients(d_pre[:hi - lo], d_pre[:hi - lo], h_prev, x_tm, kernel_t, lo, hi, time,
                         dx_tm, d_kernel, d_recurrent)
         hi = lo
+
+
+@jit
+def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
+                 recurrent_mask, packed, out, h_last, x_tm, states, mask_tm, first):
+    """A whole simple_rnn_forward call on preallocated arrays (the launcher's and the
+    TensorFlow op's one implementation). x [B, T, I], h0 [B, H], kernel [I, H],
+    recurrent_kernel [H, H], bias [H] (zeros for no bias); mask [B, T] read only if
+    has_mask; recurrent_mask [B, H] or [0, 0] (no recurrent dropout); packed: use the
+    packed per-step product. Writes out [B, T, H], h_last [B, H] and what the backward
+    reads: x_tm [T, B, I], states [T + 1, B, H], mask_tm [T, B], first [B]."""
+    time, batch, units = states.shape[0] - 1, states.shape[1], states.shape[2]
+    prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+    # Element loops, not array assignment (states[0] = h0): that would compile Numba's
+    # shape-mismatch error path, seconds of cold compile for each function that has one.
+    for b in range(batch):
+        for j in range(units):
+            states[0, b, j] = h0[b, j]
+    _forward_kernel(x_tm, kernel, recurrent_kernel, packed_or_empty(recurrent_kernel, packed),
+                    bias, states, out, mask_tm, first, act, recurrent_mask)
+    for b in range(batch):
+        for j in range(units):
+            h_last[b, j] = states[time, b, j]
+
+
+@jit
+def backward_core(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurrent_mask, d_out,
+                  dh, go_backwards, act, packed, dx, d_kernel, d_recurrent, d_bias):
+    """A whole simple_rnn_backward call on preallocated arrays. dh [B, H]: d_h_last on
+    entry, dh0 on exit. Writes dx [B, T, I], d_kernel [I, H], d_recurrent [H, H] and
+    d_bias [H]; the other arrays as forward_core left them."""
+    time, batch, units = states.shape[0] - 1, states.shape[1], states.shape[2]
+    inputs = x_tm.shape[2]
+    dtype = dh.dtype
+    steps = steps_per_block(batch * units * dh.itemsize, time)
+    d_pre = np.empty((steps, batch, units), dtype)
+    h_masked = np.empty((steps if recurrent_mask.size else 0, batch, units), dtype)
+    dx_tm = np.empty((time, batch, inputs), dtype)
+    d_b = np.zeros(units)  # accumulated in float64 inside the loop
+    recurrent_t = np.ascontiguousarray(recurrent_kernel.T)
+    _backward_kernel(states, x_tm, d_out, dh, recurrent_t, packed_or_empty(recurrent_t, packed),
+                     np.ascontiguousarray(kernel.T), mask_tm, first, act, recurrent_mask, steps,
+                     d_pre, h_masked, dx_tm, d_kernel, d_recurrent, d_b)
+    for j in range(units):
+        d_bias[j] = d_b[j]
+    batch_major_into(dx_tm, go_backwards, dx)
 
 
 @dataclass(eq=False)
@@ -149,6 +213,9 @@ class SimpleRNNSaved:
     has_bias: bool
     act: int
     go_backwards: bool
+
+
+_NO_MASK = np.ones((0, 0), np.bool_)
 
 
 def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
@@ -183,20 +250,21 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
             x[rows], h0[rows], kernel, recurrent_kernel, bias, activation,
             None if mask is None else mask[rows], go_backwards,
             rec_mask[rows] if rec_mask.size else None), batch, time, units, x.dtype, parts)
-    mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
-
-    x_tm = to_time_major(x, go_backwards)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(units, x.dtype)
+    x_tm = _pool.empty((time, batch, x.shape[2]), x.dtype)
     states = _pool.empty((time + 1, batch, units), x.dtype)
-    states[0] = h0
     out = _pool.empty((batch, time, units), x.dtype)
-    _forward_kernel(x_tm, kernel, recurrent_kernel, pack_for(recurrent_kernel), bias, states, out,
-                    mask_tm, first, act, rec_mask)
+    h_last = np.empty((batch, units), x.dtype)
+    mask_tm = np.empty((time, batch), np.bool_)
+    first = np.empty(batch, np.int64)
+    forward_core(x, h0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
+                 mask is not None, bool(go_backwards), act, rec_mask, bool(_microgemm.wanted()),
+                 out, h_last, x_tm, states, mask_tm, first)
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                            has_bias, act, go_backwards)
-    return out, _pool.copy(states[time]), saved
+    return out, h_last, saved
 
 
 def simple_rnn_backward(saved, d_out, d_h_last):
@@ -221,18 +289,12 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
 
     inputs = saved.x_tm.shape[2]
-    steps = per_block(batch * units * dtype.itemsize, time)
-    d_pre = _pool.empty((steps, batch, units), dtype)
-    h_masked = _pool.empty((steps if saved.recurrent_mask.size else 0, batch, units), dtype)
-    dx_tm = _pool.empty((time, batch, inputs), dtype)
+    dx = _pool.empty((batch, time, inputs), dtype)
     d_kernel = _pool.empty((inputs, units), dtype)
     d_recurrent = _pool.empty((units, units), dtype)
-    d_bias = np.zeros(units)  # accumulated in float64 inside the loop
-    recurrent_t = np.ascontiguousarray(saved.recurrent_kernel.T)
-    _backward_kernel(saved.states, saved.x_tm, d_out, dh, recurrent_t, pack_for(recurrent_t),
-                     np.ascontiguousarray(saved.kernel.T), saved.mask, saved.first, saved.act,
-                     saved.recurrent_mask, steps, d_pre, h_masked, dx_tm, d_kernel, d_recurrent,
-                     d_bias)
-    dx = from_time_major(dx_tm, saved.go_backwards)
-    d_bias = d_bias.astype(dtype) if saved.has_bias else None
-    return dx, dh, d_kernel, d_recurrent, d_bias
+    d_bias = np.empty(units, dtype)
+    backward_core(saved.x_tm, saved.states, saved.mask, saved.first, saved.kernel,
+                  saved.recurrent_kernel, saved.recurrent_mask, d_out, dh,
+                  bool(saved.go_backwards), saved.act, bool(_microgemm.wanted()), dx, d_kernel,
+                  d_recurrent, d_bias)
+    return dx, dh, d_kernel, d_recurrent, d_bias if saved.has_bias else None
