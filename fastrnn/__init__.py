@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # pyproject's package-dir. Imported straight from a source checkout (the repo
 # root on sys.path, as `python -m pytest` or `python -m bench` do), this finds it.
 _checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if not os.path.isdir(os.path.join(__path__[0], "kernels")) and os.path.isfile(
+if not os.path.isfile(os.path.join(__path__[0], "kernels", "__init__.py")) and os.path.isfile(
         os.path.join(_checkout, "kernels", "__init__.py")):
     __path__.append(_checkout)
 

@@ -30,7 +30,10 @@ import threading
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import njit, types
+from llvmlite import ir
+from numba import cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 TESTED_TF = ("2.21",)
 _LIBRARY = {"linux": "libtensorflow_framework.so.2",
@@ -120,6 +123,12 @@ TF_ShapeInferenceContextRankKnown = _extern("TF_ShapeInferenceContextRankKnown")
 
 KERNEL_SIGNATURE = types.void(types.intp, types.intp)  # compute(state, ctx) and shape fns
 
+# NumPy's OpenBLAS thread count, set and read by the op kernels (see blas_enter).
+_BLAS_THREADS_SIGNATURE = types.void(types.int32)
+fastrnn_blas_set_threads = types.ExternalFunction("fastrnn_blas_set_threads",
+                                                  _BLAS_THREADS_SIGNATURE)
+fastrnn_blas_get_threads = types.ExternalFunction("fastrnn_blas_get_threads", types.int32())
+
 
 def messages(op, texts):
     """Row k: "<op>: texts[k]" NUL-terminated, as one uint8 array: a compile-time
@@ -132,6 +141,53 @@ def messages(op, texts):
 
 
 # ---------------------------------------------------------------- kernel side --
+
+
+@intrinsic
+def _blas_state(typingctx):
+    """Address of the process-wide int64[2] "fastrnn_blas_state" (ops running now,
+    the thread count to restore), bound by name like the functions."""
+    def codegen(context, builder, signature, args):
+        slot = builder.module.globals.get("fastrnn_blas_state")
+        if slot is None:
+            slot = cgutils.add_global_variable(builder.module, ir.ArrayType(ir.IntType(64), 2),
+                                               "fastrnn_blas_state")
+            slot.linkage = "external"
+        return builder.ptrtoint(slot, ir.IntType(64))
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, address, delta):
+    """*address += delta atomically; returns the value before."""
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", pointer, args[1], "seq_cst")
+
+    return types.int64(types.int64, types.int64), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def blas_enter():
+    """An op kernel starts: NumPy's OpenBLAS runs one thread while any op runs.
+
+    Parallelism belongs to the graph (one op per batch part on TensorFlow's
+    threads). A multi-threaded OpenBLAS inside an op wakes workers that then spin
+    about 0.1 s for more work, taking cores from TensorFlow's threads: a 4-layer
+    LSTM(45) training step measured 530 ms against 20 ms with one thread."""
+    state = _blas_state()
+    if _atomic_add(state, 1) == 0:
+        _atomic_add(state + 8, np.int64(fastrnn_blas_get_threads()) - _atomic_add(state + 8, 0))
+        fastrnn_blas_set_threads(1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def blas_leave():
+    """An op kernel ends: the last one running restores the count from before."""
+    state = _blas_state()
+    if _atomic_add(state, -1) == 1:
+        fastrnn_blas_set_threads(np.int32(_atomic_add(state + 8, 0)))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -255,10 +311,49 @@ def _bind():
         raise Unavailable(f"TensorFlow {version}'s C API lacks {', '.join(missing)}")
     for name in _KERNEL_SYMBOLS:
         llvm.add_symbol(_ALIAS + name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
+    _bind_blas_threads()
     calls = {}
     for name, (restype, *argtypes) in _REGISTRATION.items():
         calls[name] = ctypes.CFUNCTYPE(restype, *argtypes)((name, lib))
     return calls
+
+
+def _bind_blas_threads():
+    """Bind fastrnn_blas_[sg]et_threads to NumPy's OpenBLAS (no-ops where NumPy's
+    BLAS is not OpenBLAS) and fastrnn_blas_state to memory of this process."""
+    setter = getter = None
+    try:
+        import numpy._core._multiarray_umath as umath
+
+        numpy_lib = ctypes.CDLL(umath.__file__)
+        for set_name, get_name in (("scipy_openblas_set_num_threads64_",
+                                    "scipy_openblas_get_num_threads64_"),
+                                   ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                                   ("openblas_set_num_threads", "openblas_get_num_threads")):
+            if hasattr(numpy_lib, set_name) and hasattr(numpy_lib, get_name):
+                setter, getter = getattr(numpy_lib, set_name), getattr(numpy_lib, get_name)
+                break
+    except (ImportError, OSError):
+        pass
+    if setter is None:
+        _KEEP.blas_stubs = (cfunc(_BLAS_THREADS_SIGNATURE, cache=True)(_no_threads),
+                            cfunc(types.int32(), cache=True)(_one_thread))
+        setter, getter = _KEEP.blas_stubs
+    for name, function in (("fastrnn_blas_set_threads", setter),
+                           ("fastrnn_blas_get_threads", getter)):
+        address = getattr(function, "address", None) or ctypes.cast(function, ctypes.c_void_p).value
+        llvm.add_symbol(name, address)
+    if getattr(_KEEP, "blas_state", None) is None:
+        _KEEP.blas_state = np.zeros(2, np.int64)
+    llvm.add_symbol("fastrnn_blas_state", _KEEP.blas_state.ctypes.data)
+
+
+def _no_threads(n):
+    pass
+
+
+def _one_thread():
+    return 1
 
 
 _P, _S = ctypes.c_void_p, ctypes.c_char_p

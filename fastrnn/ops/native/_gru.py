@@ -17,6 +17,8 @@ from .._capi import (
     TF_TensorData,
     TF_TensorType,
     allocate,
+    blas_enter,
+    blas_leave,
     delete_tensors,
     fail,
     get_inputs,
@@ -96,6 +98,7 @@ def _gru_kernels(dtype):
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def forward(state, ctx):
+        blas_enter()
         status = _capi.TF_NewStatus()
         tensors = np.zeros(7, np.intp)
         outputs = np.zeros(5, np.intp)
@@ -171,9 +174,11 @@ def _gru_kernels(dtype):
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
+        blas_leave()
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def backward(state, ctx):
+        blas_enter()
         status = _capi.TF_NewStatus()
         tensors = np.zeros(10, np.intp)
         outputs = np.zeros(5, np.intp)
@@ -266,6 +271,7 @@ def _gru_kernels(dtype):
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
+        blas_leave()
 
     return forward, backward
 
