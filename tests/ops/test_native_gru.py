@@ -124,3 +124,19 @@ def test_empty_batch():
     assert got[0].shape == (0, T, H) and got[1].shape == (0, H) and got[2].shape == (0, T, I)
     for g, w in zip(got[4:], (kernel, recurrent, bias)):
         assert g.shape == w.shape and not np.any(g.numpy())
+
+
+def test_a_forward_traced_without_a_tape_is_differentiable():
+    # tf.function traced for inference (no tape: the forward op alone), then
+    # called under a tape: the gradient comes from TensorFlow's registry.
+    x, h0, kernel, recurrent, bias, _, d_out, d_h = data("float32")
+    fn = tf.function(lambda x: native.gru(x, h0, kernel, recurrent, bias, None, reset_after=True,
+                                          go_backwards=False, act=0, ract=2, max_parts=1)[0])
+    xt = tf.constant(x)
+    fn(xt)  # traced here, without a tape
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(fn(xt) * d_out)
+    got = tape.gradient(loss, xt)
+    out, _, saved = kernels.gru_forward(x, h0, kernel, recurrent, bias)
+    close(got, kernels.gru_backward(saved, d_out, None)[0], "float32", "dx")

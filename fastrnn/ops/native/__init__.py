@@ -14,6 +14,7 @@ An op and its kernel for a dtype are registered at the first call that needs
 them; the kernel's cfunc is compiled then (or loaded from Numba's cache).
 """
 
+import re
 import sys
 import threading
 
@@ -27,6 +28,12 @@ from .. import _capi
 # The kernels link against the C API by symbol name: bind it before any cfunc below
 # is compiled or loaded. Raises _capi.Unavailable where the route cannot be set up.
 _capi.calls()
+
+import tensorflow as tf  # noqa: E402 - loaded by _capi.calls() already
+
+# Registration compiles cfuncs: autograph must not convert what runs it when a
+# tf.function calls these directly.
+_plain = tf.autograph.experimental.do_not_convert
 
 _lock = threading.RLock()
 
@@ -58,6 +65,7 @@ def _compile_notice(cell, dtype):
           "(about 10-20 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
 
 
+@_plain
 def ops(cell, dtype):
     """The generated op functions of `cell`, its kernels for `dtype` registered
     (compiled or loaded from cache on the first call)."""
@@ -83,8 +91,51 @@ def ops(cell, dtype):
             timer.cancel()
         _capi.register_kernel(spec.FORWARD[0], forward, _capi.TF_DTYPE[dtype])
         _capi.register_kernel(spec.BACKWARD[0], backward, _capi.TF_DTYPE[dtype])
+        _register_gradient(spec, _wrappers[cell])
         _registered[key] = True
         return _wrappers[cell]
+
+
+def _register_gradient(spec, gen):
+    """The forward op's gradient in TensorFlow's registry: the backward op on the
+    forward op's saved outputs. The layers differentiate through tf.custom_gradient
+    (recurrence below); this serves a forward built while no tape could record (a
+    tf.function traced for inference) that is differentiated after all."""
+    import tensorflow as tf
+
+    name, inputs, outputs, _ = spec.FORWARD
+    names = [i.split(":")[0] for i in inputs]
+    n_states = names.index("kernel") - 1
+    n_weights = names.index("bias") - names.index("kernel")
+    n_aux = names.index("config") - names.index("mask") - 1
+    backward_op = getattr(gen, python_name(spec.BACKWARD[0]))
+
+    def gradient(op, d_out, *d_rest):
+        x = op.inputs[0]
+        weights = list(op.inputs[1 + n_states:1 + n_states + n_weights])
+        mask_at = names.index("mask")
+        mask, aux, config = (op.inputs[mask_at], list(op.inputs[mask_at + 1:mask_at + 1 + n_aux]),
+                             op.inputs[names.index("config")])
+        results = list(op.outputs)
+        d_states = [tf.zeros_like(results[1 + i]) if d is None else d
+                    for i, d in enumerate(d_rest[:n_states])]
+        if d_out is None:
+            d_out = tf.zeros_like(results[0])
+        grads = backward_op(x, *weights, mask, *aux, config, *results[1 + n_states:], d_out,
+                            *d_states)
+        return list(grads) + [None] * (1 + n_aux + 1)
+
+    try:
+        tf.RegisterGradient(name)(gradient)
+    except KeyError:  # registered by an earlier import of this module
+        pass
+
+
+def python_name(op):
+    """The generated Python function of op `op`: TensorFlow's snake case of its name
+    (FastrnnGRUForward -> fastrnn_gru_forward, FastrnnMinGRUForward ->
+    fastrnn_min_gru_forward)."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", op).lower()
 
 
 def packed():
@@ -113,6 +164,7 @@ def plan_parts(x, width, max_parts):
     return _parts.plan(batch, time, features, width, max_parts)
 
 
+@_plain
 def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width, max_parts,
                n_saved):
     """Differentiable (out [B, T, H], [final states]) through the cell's native ops.
@@ -132,8 +184,9 @@ def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width,
     from fastrnn.kernels import _parts
 
     gen = ops(cell, x.dtype.as_numpy_dtype)
-    forward_op = getattr(gen, f"fastrnn_{cell}_forward")
-    backward_op = getattr(gen, f"fastrnn_{cell}_backward")
+    spec = _cell_module(cell)
+    forward_op = getattr(gen, python_name(spec.FORWARD[0]))
+    backward_op = getattr(gen, python_name(spec.BACKWARD[0]))
     dtype = x.dtype
     n_states = len(states0)
     has_bias = bias is not None
@@ -210,17 +263,21 @@ def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width,
     return out, states
 
 
+@_plain
 def gru(*args, **kwargs):
     return _cell_module("gru").call(*args, **kwargs)
 
 
+@_plain
 def simple_rnn(*args, **kwargs):
     return _cell_module("simple_rnn").call(*args, **kwargs)
 
 
+@_plain
 def lstm(*args, **kwargs):
     return _cell_module("lstm").call(*args, **kwargs)
 
 
+@_plain
 def mingru(*args, **kwargs):
     return _cell_module("mingru").call(*args, **kwargs)
