@@ -454,6 +454,13 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="
 
 def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
     """minGRU over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
+    native = native_route(device)
+    if native is not None:
+        _, (x_c, h0_c, w, b) = _native_inputs(x, [x, h0, kernel, bias])
+        out, h_last = native.mingru(x_c, h0_c, w, b, mask, go_backwards=bool(go_backwards),
+                                    max_parts=MAX_PARTS)
+        return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype)
+
     def forward(x, h0, kernel, bias, mask, recurrent_mask):
         return kernels.mingru_forward(x, h0, kernel, bias, mask=mask, go_backwards=go_backwards)
 

@@ -21,9 +21,20 @@ B16 T1024 I64 H128 38.9 ms unsplit against 27.3 ms split, B64 T100 I128 H256
 2.8x slower right after the GEMM, Numba's threads and OpenBLAS' still spinning
 threads fighting over 2 cores: 6.7 ms against 2.4 ms at B16 T1024 H128.)
 
-When rows are fewer than cores and the sequence is long, the recurrence instead
-runs as the Blelloch chunked scan (kernels/scan), parallel over time, and the
-call is not split. A masked step is a = 1, b = 0.
+The sequential method is one nopython core per direction (forward_core,
+backward_core) doing the whole call on preallocated arrays: the launchers
+validate, allocate and call it, and so do the TensorFlow ops' kernels
+(fastrnn/ops/native/_mingru.py), where it is the method: on one core it was the
+fastest (float32 forward+backward, one thread, medians of interleaved runs on a
+busy 2-core EPYC: B32 T15 I1 H45 0.10 ms against 0.11 unblocked and 0.27-0.33
+for the Blelloch scan; B16 T1024 I64 H128 63-83 against 76-99 and 107-145 ms;
+B32 T128 I128 H256 46-72 against 49-81 and 61-101 ms; blocks of 256 KiB or 4 MiB
+instead of 1 MiB: within the noise, or slower).
+
+When rows are fewer than cores and the sequence is long, the launcher instead
+runs the recurrence as the Blelloch chunked scan (kernels/scan), parallel over
+time, and the call is not split; it shares the gate arithmetic with the cores
+(_gates_in_place, _step_gradients). A masked step is a = 1, b = 0.
 
 Saved for backward, per step and batch row: x_t (I floats, the caller's array
 unless go_backwards) and z | h~ - h_{t-1} (2H). (Saving h_t as well, and reading
@@ -38,9 +49,9 @@ from numba import njit, prange
 from .. import _parts, _pool
 from .. import _validate as v
 from .._blas import gemm, gemm_tn
-from .._cpu_common import OPTIONS, activate, per_block, time_major_mask
+from .._cpu_common import OPTIONS, jit, per_block, project, time_major_mask
+from .._math import sigmoid as fast_sigmoid
 from ..scan.cpu import choose_method, run_scan
-
 
 
 # The backward's fused pass and its two GEMMs go through the batch this many bytes of
@@ -56,48 +67,10 @@ def _gates_in_place(row, bias, units):
     z = row[:units]
     ht = row[units:]
     for j in range(units):
-        z[j] += bias[j]
-    activate(2, z)
+        z[j] = fast_sigmoid(z[j] + bias[j])
     for j in range(units):
         ht[j] += bias[units + j]
     return z, ht
-
-
-@njit(**OPTIONS)
-def _forward_fused(gates, bias, h0, h_last, out, mask, first):
-    # gates [B, T, 2H]: x W on entry, z | h~ - h_{t-1} on exit (unmasked steps).
-    batch, time, width = gates.shape
-    units = width // 2
-    for r in range(batch):
-        h = h_last[r]
-        h[:] = h0[r]
-        for t in range(time):
-            if mask[r, t]:
-                z, diff = _gates_in_place(gates[r, t], bias, units)
-                for j in range(units):
-                    diff[j] -= h[j]
-                for j in range(units):
-                    h[j] += z[j] * diff[j]
-            if t >= first[r]:
-                out[r, t] = h
-            else:
-                out[r, t] = 0.0
-
-
-@njit(**OPTIONS)
-def _forward_blocks(x_p, kernel, bias, h0, rows, gates, h_last, out, mask, first):
-    # The sequential forward a block of `rows` batch rows at a time (BLOCK_BYTES of
-    # gates): the block's projection x W, then the fused pass over it while it is
-    # still in cache.
-    batch, time, width = gates.shape
-    inputs = x_p.shape[2]
-    for r0 in range(0, batch, rows):
-        r1 = min(batch, r0 + rows)
-        n = r1 - r0
-        gemm(x_p[r0:r1].reshape(n * time, inputs), kernel,
-             gates[r0:r1].reshape(n * time, width), False)
-        _forward_fused(gates[r0:r1], bias, h0[r0:r1], h_last[r0:r1], out[r0:r1], mask[r0:r1],
-                       first[r0:r1])
 
 
 @njit(parallel=True, **OPTIONS)
@@ -147,48 +120,140 @@ def _step_gradients(g, z, diff, dp, d_bias_row, units):
         d_bias_row[j] += dp[j]
 
 
-@njit(**OPTIONS)
-def _backward_fused(gates, d_out, dh, mask, first, d_pre, d_bias_rows):
-    # dh [B, H]: dL/dh_T in, dL/dh0 out. d_pre [B, T, 2H] = dL/d(x W + b).
-    # d_bias_rows [B, 2H] float64: per-row column sums of d_pre (summed by the caller).
-    batch, time, width = gates.shape
-    units = width // 2
+@jit
+def _reverse_time_into(a, out):
+    """out [B, T, F] = a [B, T, F] with time reversed."""
+    batch, time, features = a.shape
     for r in range(batch):
-        g = dh[r]
-        for t in range(time - 1, -1, -1):
-            if t >= first[r]:
-                dot = d_out[r, t]
-                for j in range(units):
-                    g[j] += dot[j]
-            dp = d_pre[r, t]
-            if not mask[r, t]:
-                dp[:] = 0.0
-                continue
-            z = gates[r, t, :units]
-            _step_gradients(g, z, gates[r, t, units:], dp, d_bias_rows[r], units)
+        for t in range(time):
+            src = a[r, time - 1 - t]
+            dst = out[r, t]
+            for j in range(features):
+                dst[j] = src[j]
+
+
+@jit
+def prepare(x, mask, has_mask, go_backwards, x_p, mask_bt, first):
+    """What a core derives from its inputs, in processing order: x_p [B, T, I] (written
+    only if go_backwards: otherwise x is in processing order already, and x_p may be
+    empty), mask_bt [B, T] bool and first [B] (the first unmasked step, T if none; 0
+    without a mask) from x and mask [B, T] (read only if has_mask)."""
+    if go_backwards:
+        _reverse_time_into(x, x_p)
+    batch, time = mask_bt.shape
+    for r in range(batch):
+        first[r] = time if has_mask else 0
+        for t in range(time):
+            keep = True
+            if has_mask:
+                keep = mask[r, time - 1 - t if go_backwards else t]
+                if keep and first[r] == time:
+                    first[r] = t
+            mask_bt[r, t] = keep
+
+
+@jit
+def rows_per_block(batch, time, width, itemsize):
+    """per_block(time * width * itemsize, batch, BLOCK_BYTES) in nopython code (the
+    TensorFlow ops'; the launchers read BLOCK_BYTES at call time)."""
+    return max(1, min(batch, BLOCK_BYTES // max(1, time * width * itemsize)))
+
+
+# The cores are one function each, with few @jit callees: every @njit function's
+# compile re-optimizes all the code linked into it, so each level of small helper
+# functions costs its callees' compile again (launcher cold compile, float32 forward
+# + backward: 7.0 CPU s with the fused passes as functions of their own, 4.0 as now).
+
+
+@jit
+def forward_core(x, h0, kernel, bias, mask, has_mask, go_backwards, rows, x_p, gates, out,
+                 h_last, mask_bt, first):
+    """A whole sequential mingru_forward call on preallocated arrays (the launcher's
+    and the TensorFlow op's one implementation). x [B, T, I], h0 [B, H], kernel
+    [I, 2H], bias [2H] (zeros for no bias), mask [B, T] read only if has_mask; rows:
+    batch rows per block. x_p: with go_backwards a [B, T, I] scratch that gets x in
+    processing order (else unused: may be empty). Writes out [B, T, H], h_last [B, H] and what the
+    backward reads: gates [B, T, 2H] (z | h~ - h_{t-1}), mask_bt [B, T], first [B]."""
+    prepare(x, mask, has_mask, go_backwards, x_p, mask_bt, first)
+    # (x may be read-only, as NumPy views of TensorFlow's tensors are: only read.)
+    x_in = x_p if go_backwards else x
+    batch, time, width = gates.shape
+    inputs = x_in.shape[2]
+    units = width // 2
+    for r0 in range(0, batch, rows):
+        r1 = min(batch, r0 + rows)
+        n = r1 - r0
+        # The block's projection x W, then the fused pass over it while it is in cache.
+        project(x_in[r0:r1].reshape(n * time, inputs), kernel,
+                gates[r0:r1].reshape(n * time, width))
+        for r in range(r0, r1):
+            h = h_last[r]
+            h_init = h0[r]
             for j in range(units):
-                g[j] *= 1.0 - z[j]
+                h[j] = h_init[j]
+            for t in range(time):
+                if mask_bt[r, t]:
+                    z, diff = _gates_in_place(gates[r, t], bias, units)
+                    for j in range(units):
+                        diff[j] -= h[j]
+                    for j in range(units):
+                        h[j] += z[j] * diff[j]
+                o = out[r, t]
+                if t >= first[r]:
+                    for j in range(units):
+                        o[j] = h[j]
+                else:
+                    for j in range(units):
+                        o[j] = 0.0
 
 
-@njit(**OPTIONS)
-def _backward_blocks(gates, d_out, dh, mask, first, x_p, kernel_t, rows, d_pre, dx, d_kernel,
-                     d_bias_rows):
-    # The sequential backward a block of `rows` batch rows at a time (BLOCK_BYTES of
-    # gradient): the fused pass
-    # writes the block's dL/d(x W + b) into the scratch d_pre [rows, T, 2H], and the
-    # two GEMMs that need it (dx, and d_kernel accumulated over blocks) read it while
-    # it is still in cache. d_kernel [I, 2H] is overwritten.
+@jit
+def backward_core(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, rows, d_pre, dx,
+                  d_kernel, d_bias):
+    """A whole sequential mingru_backward call on preallocated arrays, a block of `rows`
+    batch rows at a time (BLOCK_BYTES of gradient): the fused pass writes the block's
+    dL/d(x W + b) into the scratch d_pre [rows, T, 2H], and the two GEMMs that need it
+    (dx, and d_kernel accumulated over blocks) read it while it is still in cache.
+    x_p, gates, mask_bt, first as forward_core left them (processing order); dh
+    [B, H]: d_h_last on entry, dh0 on exit. Writes dx [B, T, I] (input order),
+    d_kernel [I, 2H] and d_bias [2H]."""
     batch, time, width = gates.shape
     inputs = x_p.shape[2]
+    units = width // 2
+    d_b = np.zeros(width)  # the bias gradient accumulates in float64
+    kernel_t = np.ascontiguousarray(kernel.T)
+    dx_p = np.empty((rows if go_backwards else 0, time, inputs), dx.dtype)
     for r0 in range(0, batch, rows):
         r1 = min(batch, r0 + rows)
         n = r1 - r0
         dp = d_pre[:n]
-        _backward_fused(gates[r0:r1], d_out[r0:r1], dh[r0:r1], mask[r0:r1], first[r0:r1], dp,
-                        d_bias_rows[r0:r1])
+        # The reverse recurrence g_t = dL/dh_t + a_{t+1} g_{t+1} (g in dh) fused with
+        # the gate gradients: dp [n, T, 2H] = dL/d(x W + b) for the block's rows.
+        for r in range(r0, r1):
+            g = dh[r]
+            for t in range(time - 1, -1, -1):
+                if t >= first[r]:
+                    dot = d_out[r, t]
+                    for j in range(units):
+                        g[j] += dot[j]
+                dpt = dp[r - r0, t]
+                if not mask_bt[r, t]:
+                    for j in range(width):
+                        dpt[j] = 0.0
+                    continue
+                z = gates[r, t, :units]
+                _step_gradients(g, z, gates[r, t, units:], dpt, d_b, units)
+                for j in range(units):
+                    g[j] *= 1.0 - z[j]
         dp2 = dp.reshape(n * time, width)
-        gemm(dp2, kernel_t, dx[r0:r1].reshape(n * time, inputs), False)
+        if go_backwards:
+            gemm(dp2, kernel_t, dx_p[:n].reshape(n * time, inputs), False)
+            _reverse_time_into(dx_p[:n], dx[r0:r1])
+        else:
+            gemm(dp2, kernel_t, dx[r0:r1].reshape(n * time, inputs), False)
         gemm_tn(x_p[r0:r1].reshape(n * time, inputs), dp2, d_kernel, r0 > 0)
+    for j in range(width):
+        d_bias[j] = d_b[j]
 
 
 @njit(parallel=True, **OPTIONS)
@@ -218,6 +283,9 @@ class MinGRUSaved:
     has_bias: bool
     go_backwards: bool
     method: str
+
+
+_NO_MASK = np.ones((0, 0), np.bool_)
 
 
 def _processing_order_mask(mask, batch, time, go_backwards):
@@ -256,18 +324,24 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
             return _parts.forward(lambda rows: mingru_forward(
                 x[rows], h0[rows], kernel, bias, None if mask is None else mask[rows],
                 go_backwards, method="sequential"), batch, time, units, x.dtype, parts)
-    mask_bt, first = _processing_order_mask(mask, batch, time, go_backwards)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(2 * units, x.dtype)
-    x_p = _pool.ascontiguous(x[:, ::-1]) if go_backwards else x
     gates = _pool.empty((batch, time, 2 * units), x.dtype)
     out = _pool.empty((batch, time, units), x.dtype)
     if method == "sequential":
+        x_p = _pool.empty(x.shape if go_backwards else (0, 0, 0), x.dtype)
         h_last = _pool.empty((batch, units), x.dtype)
+        mask_bt = np.empty((batch, time), np.bool_)
+        first = np.empty(batch, np.int64)
         rows = per_block(time * 2 * units * x.dtype.itemsize, batch, BLOCK_BYTES)
-        _forward_blocks(x_p, kernel, bias, h0, rows, gates, h_last, out, mask_bt, first)
+        forward_core(x, h0, kernel, bias, _NO_MASK if mask is None else mask, mask is not None,
+                     bool(go_backwards), rows, x_p, gates, out, h_last, mask_bt, first)
+        if not go_backwards:
+            x_p = x
     else:
+        mask_bt, first = _processing_order_mask(mask, batch, time, go_backwards)
+        x_p = _pool.ascontiguous(x[:, ::-1]) if go_backwards else x
         np.dot(x_p.reshape(batch * time, -1), kernel, out=gates.reshape(batch * time, -1))
         a = _pool.empty(out.shape, out.dtype)
         states = _pool.empty(out.shape, out.dtype)
@@ -293,27 +367,27 @@ def mingru_backward(saved, d_out, d_h_last):
     dtype = saved.gates.dtype
     d_out = v.check_grad(d_out, "d_out", (batch, time, units), dtype)
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
-    d_bias_rows = np.zeros((batch, 2 * units))
     if saved.method == "sequential":
         rows = per_block(time * 2 * units * dtype.itemsize, batch, BLOCK_BYTES)
         d_pre = _pool.empty((rows, time, 2 * units), dtype)
         dx = _pool.empty(saved.x_p.shape, dtype)
         d_kernel = _pool.empty(saved.kernel.shape, dtype)
-        _backward_blocks(saved.gates, d_out, dh, saved.mask_bt, saved.first, saved.x_p,
-                         np.ascontiguousarray(saved.kernel.T), rows, d_pre, dx, d_kernel,
-                         d_bias_rows)
-    else:
-        # g_t = d_out_t (where it is the state) + a_{t+1} g_{t+1}, g_T = d_h_last.
-        d_pre = _pool.empty((batch, time, 2 * units), dtype)
-        seen = np.arange(time)[None, :] >= saved.first[:, None]
-        d_state = np.where(seen[:, :, None], d_out, 0.0).astype(dtype)
-        a = np.where(saved.mask_bt[:, :, None], 1.0 - saved.gates[:, :, :units], 1.0).astype(dtype)
-        g = run_scan(a, d_state, dh, np.empty_like(a), True, "blelloch")
-        _backward_from_scan(saved.gates, g, saved.mask_bt, d_pre, d_bias_rows)
-        dh = _pool.copy(a[:, 0] * g[:, 0])
-        d_pre2 = d_pre.reshape(batch * time, 2 * units)
-        dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
-        d_kernel = _pool.matmul_tn(saved.x_p.reshape(batch * time, -1), d_pre2)
+        d_bias = np.empty(2 * units, dtype)
+        backward_core(saved.x_p, saved.gates, saved.mask_bt, saved.first, saved.kernel, d_out, dh,
+                      bool(saved.go_backwards), rows, d_pre, dx, d_kernel, d_bias)
+        return dx, dh, d_kernel, d_bias if saved.has_bias else None
+    # g_t = d_out_t (where it is the state) + a_{t+1} g_{t+1}, g_T = d_h_last.
+    d_bias_rows = np.zeros((batch, 2 * units))
+    d_pre = _pool.empty((batch, time, 2 * units), dtype)
+    seen = np.arange(time)[None, :] >= saved.first[:, None]
+    d_state = np.where(seen[:, :, None], d_out, 0.0).astype(dtype)
+    a = np.where(saved.mask_bt[:, :, None], 1.0 - saved.gates[:, :, :units], 1.0).astype(dtype)
+    g = run_scan(a, d_state, dh, np.empty_like(a), True, "blelloch")
+    _backward_from_scan(saved.gates, g, saved.mask_bt, d_pre, d_bias_rows)
+    dh = _pool.copy(a[:, 0] * g[:, 0])
+    d_pre2 = d_pre.reshape(batch * time, 2 * units)
+    dx = _pool.matmul(d_pre2, saved.kernel.T).reshape(batch, time, -1)
+    d_kernel = _pool.matmul_tn(saved.x_p.reshape(batch * time, -1), d_pre2)
     if saved.go_backwards:
         dx = _pool.ascontiguous(dx[:, ::-1])
     d_bias = d_bias_rows.sum(axis=0).astype(dtype) if saved.has_bias else None
