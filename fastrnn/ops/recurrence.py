@@ -484,6 +484,14 @@ def lstm(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, *, go_backwards=F
     meta = dict(has_bias=bias is not None, act=_validate.activation_code(activation),
                 ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
                 go_backwards=bool(go_backwards))
+    native = native_route(device)
+    if native is not None:
+        _, (x_c, h0_c, c0_c, w, u, b) = _native_inputs(
+            x, [x, h0, c0, kernel, recurrent_kernel, bias])
+        out, h_last, c_last = native.lstm(x_c, h0_c, c0_c, w, u, b, mask,
+                                          go_backwards=meta["go_backwards"], act=meta["act"],
+                                          ract=meta["ract"], max_parts=MAX_PARTS)
+        return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype), tf.cast(c_last, x.dtype)
 
     def forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return kernels.lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=mask,

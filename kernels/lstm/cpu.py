@@ -6,7 +6,10 @@
 Forward: one GEMM projects every step's input; per step one BLAS call (h U) and
 fused elementwise passes; the projected-input buffer is overwritten with the
 gates i | f | g | o. Backward: per step fused passes for the gate gradients and
-one BLAS call for dh_{t-1}; weight gradients are one GEMM each after the loop.
+one BLAS call for dh_{t-1}; dx and the weight gradients are GEMMs over blocks of
+steps. One nopython core per direction (forward_core, backward_core) does a whole
+call on preallocated arrays: the launchers here validate, allocate and call it, and
+so do the TensorFlow ops' kernels (fastrnn/ops/native/_lstm.py).
 
 Saved for backward, per step and batch row: x_t (I floats), i | f | g | o (4H),
 h_t, c_t and act(c_t) (3H): I + 7H floats.
@@ -16,38 +19,66 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _parts, _pool
+from .. import _microgemm, _parts, _pool
 from .. import _validate as v
-from .._microgemm import pack_for, product
+from .._microgemm import packed_or_empty, product
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
+    batch_major_into,
     block_gradients,
-    per_block,
-    from_time_major,
-    project,
     jit,
+    mask_into,
     masked_output_rows,
-    time_major_mask,
-    to_time_major,
+    per_block,
+    project,
+    time_major_into,
 )
 
 
 @jit
-def _forward_kernel(gates, recurrent_kernel, recurrent_packed, bias, h_states, c_states, tanh_c,
-                    out, mask, first, act, ract):
-    # gates [T, B, 4H]: x W on entry, i | f | g | o on exit (unmasked rows).
-    # h_states, c_states [T+1, B, H] (row 0: h0, c0); tanh_c [T, B, H] = act(c_t).
-    # recurrent_packed: the recurrent kernel packed for _microgemm.product, or empty.
-    time, batch, width = gates.shape
+def _copy_rows(src, dst):
+    """dst [B, H] = src [B, H]. Element by element: an array assignment (a[:] = b)
+    compiles Numba's shape-mismatch error path, seconds of a cold compile."""
+    for b in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[b, j] = src[b, j]
+
+
+# The cores hold the recurrence loops themselves rather than calling a kernel that
+# does: Numba optimizes each compiled function again with its callees linked in, so
+# every layer of calls costs compile time (a cold compile of lstm_forward +
+# lstm_backward took 11.4 s of CPU per dtype with one layer more, 9.2-9.5 s without).
+
+
+@jit
+def forward_core(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
+                 ract, packed, out, h_last, c_last, x_tm, gates, h_states, c_states, tanh_c,
+                 mask_tm, first):
+    """A whole lstm_forward call on preallocated arrays (the launcher's and the
+    TensorFlow op's one implementation). x [B, T, I], h0, c0 [B, H], bias [4H]
+    (zeros for no bias); mask [B, T] read only if has_mask; packed: use the packed
+    per-step product. Writes out [B, T, H], h_last, c_last [B, H] and what the
+    backward reads: x_tm [T, B, I], gates [T, B, 4H] (i | f | g | o of unmasked
+    rows), h_states, c_states [T + 1, B, H] (row 0: h0, c0), tanh_c [T, B, H]
+    (act(c_t)), mask_tm [T, B], first [B]."""
+    time, batch, inputs = x_tm.shape
+    width = gates.shape[2]
     units = width // 4
+    time_major_into(x, go_backwards, x_tm)
+    mask_into(mask, has_mask, go_backwards, mask_tm, first)
+    project(x_tm.reshape(time * batch, inputs), kernel, gates.reshape(time * batch, width))
+    _copy_rows(h0, h_states[0])
+    _copy_rows(c0, c_states[0])
+    recurrent_packed = packed_or_empty(recurrent_kernel, packed)
     rec = np.empty((batch, width), gates.dtype)
     for t in range(time):
         product(h_states[t], recurrent_kernel, recurrent_packed, rec, False)
         for b in range(batch):
-            if not mask[t, b]:
-                c_states[t + 1, b] = c_states[t, b]
+            if not mask_tm[t, b]:
+                for j in range(units):
+                    c_states[t + 1, b, j] = c_states[t, b, j]
                 continue
             g = gates[t, b]
             u = rec[b]
@@ -65,38 +96,17 @@ def _forward_kernel(gates, recurrent_kernel, recurrent_packed, bias, h_states, c
             for j in range(units):
                 c[j] = f[j] * c_prev[j] + i[j] * cand[j]
             tc = tanh_c[t, b]
-            tc[:] = c
+            for j in range(units):
+                tc[j] = c[j]
             activate(act, tc)
             h = h_states[t + 1, b]
             for j in range(units):
                 h[j] = o[j] * tc[j]
-            out[b, t] = h
-        masked_output_rows(h_states, out, mask, first, t)
-
-
-@jit
-def _backward_kernel(gates, h_states, c_states, tanh_c, x_tm, d_out, dh, dc, recurrent_kernel_t,
-                     recurrent_t_packed, kernel_t, mask, first, act, ract, steps, dz, dx_tm, d_kernel, d_recurrent,
-                     d_bias):
-    # dh, dc [B, H]: dL/dh_T, dL/dc_T on entry, dL/dh_0, dL/dc_0 on exit. Time runs
-    # backward in blocks of `steps` steps: dz [steps, B, 4H] (scratch, indexed
-    # t - block start) = dL/d(x W + h U + b), and after each block three GEMMs turn it
-    # into the block's dx_tm [T, B, I] rows and add its share of d_kernel [I, 4H] and
-    # d_recurrent [H, 4H] (overwritten by the first block) while it is in cache.
-    # d_bias [4H] (float64) += the column sums of dz.
-    time, batch, width = gates.shape
-    units = width // 4
-    rec = np.empty((batch, units), dh.dtype)
-    slope = np.empty(width, dh.dtype)
-    slope_c = np.empty(units, dh.dtype)
-    hi = time
-    while hi > 0:
-        lo = max(0, hi - steps)
-        _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t,
-                        recurrent_t_packed, mask, first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi)
-        block_gradients(dz[:hi - lo], dz[:hi - lo], h_states[lo:hi], x_tm, kernel_t, lo, hi,
-                        time, dx_tm, d_kernel, d_recurrent)
-        hi = lo
+            for j in range(units):
+                out[b, t, j] = h[j]
+        masked_output_rows(h_states, out, mask_tm, first, t)
+    _copy_rows(h_states[time], h_last)
+    _copy_rows(c_states[time], c_last)
 
 
 @jit
@@ -142,7 +152,49 @@ def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, 
         product(dz[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
         for b in range(batch):
             if mask[t, b]:
-                dh[b] = rec[b]
+                for j in range(units):
+                    dh[b, j] = rec[b, j]
+
+
+@jit
+def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
+                  recurrent_kernel, d_out, dh, dc, go_backwards, act, ract, packed, steps, dx,
+                  d_kernel, d_recurrent, d_bias):
+    """A whole lstm_backward call on preallocated arrays. dh, dc [B, H]: d_h_last,
+    d_c_last on entry, dh0, dc0 on exit. Writes dx [B, T, I], d_kernel [I, 4H],
+    d_recurrent [H, 4H] and d_bias [4H]; the other arrays as forward_core left them.
+
+    Time runs backward in blocks of `steps` steps: dz [steps, B, 4H] (scratch,
+    indexed t - block start) = dL/d(x W + h U + b), and after each block three GEMMs
+    turn it into the block's dx_tm [T, B, I] rows and add its share of d_kernel and
+    d_recurrent (overwritten by the first block) while it is in cache. `steps` is the
+    caller's (per_block; steps_per_block in nopython code) so that
+    _cpu_common.BLOCK_BYTES set at run time (the tests' small blocks) reaches the
+    launcher's calls: the compiled steps_per_block keeps the value it was compiled with."""
+    time, batch, width = gates.shape
+    units = width // 4
+    inputs = x_tm.shape[2]
+    dtype = dh.dtype
+    dz = np.empty((steps, batch, width), dtype)
+    dx_tm = np.empty((time, batch, inputs), dtype)
+    d_b = np.zeros(width)  # the bias gradient accumulates in float64 inside the loop
+    recurrent_t = np.ascontiguousarray(recurrent_kernel.T)
+    recurrent_t_packed = packed_or_empty(recurrent_t, packed)
+    kernel_t = np.ascontiguousarray(kernel.T)
+    rec = np.empty((batch, units), dtype)
+    slope = np.empty(width, dtype)
+    slope_c = np.empty(units, dtype)
+    hi = time
+    while hi > 0:
+        lo = max(0, hi - steps)
+        _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_t, recurrent_t_packed,
+                        mask_tm, first, act, ract, dz, d_b, rec, slope, slope_c, lo, hi)
+        block_gradients(dz[:hi - lo], dz[:hi - lo], h_states[lo:hi], x_tm, kernel_t, lo, hi,
+                        time, dx_tm, d_kernel, d_recurrent)
+        hi = lo
+    for j in range(width):
+        d_bias[j] = d_b[j]
+    batch_major_into(dx_tm, go_backwards, dx)
 
 
 @dataclass(eq=False)
@@ -162,6 +214,9 @@ class LSTMSaved:
     act: int
     ract: int
     go_backwards: bool
+
+
+_NO_MASK = np.ones((0, 0), np.bool_)
 
 
 def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwards=False,
@@ -196,25 +251,26 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
             x[rows], h0[rows], c0[rows], kernel, recurrent_kernel, bias,
             None if mask is None else mask[rows], go_backwards, activation,
             recurrent_activation), batch, time, units, x.dtype, parts)
-    mask_tm, first = time_major_mask(mask, batch, time, go_backwards)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(4 * units, x.dtype)
-
-    x_tm = to_time_major(x, go_backwards)
+    inputs = x.shape[2]
+    x_tm = _pool.empty((time, batch, inputs), x.dtype)
     gates = _pool.empty((time, batch, 4 * units), x.dtype)
-    project(x_tm.reshape(time * batch, -1), kernel, gates.reshape(time * batch, -1))
     h_states = _pool.empty((time + 1, batch, units), x.dtype)
     c_states = _pool.empty((time + 1, batch, units), x.dtype)
-    h_states[0] = h0
-    c_states[0] = c0
     tanh_c = _pool.empty((time, batch, units), x.dtype)
     out = _pool.empty((batch, time, units), x.dtype)
-    _forward_kernel(gates, recurrent_kernel, pack_for(recurrent_kernel), bias, h_states, c_states,
-                    tanh_c, out, mask_tm, first, act, ract)
+    h_last = np.empty((batch, units), x.dtype)
+    c_last = np.empty((batch, units), x.dtype)
+    mask_tm = np.empty((time, batch), np.bool_)
+    first = np.empty(batch, np.int64)
+    forward_core(x, h0, c0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
+                 mask is not None, bool(go_backwards), act, ract, _microgemm.wanted(), out,
+                 h_last, c_last, x_tm, gates, h_states, c_states, tanh_c, mask_tm, first)
     saved = LSTMSaved(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                       recurrent_kernel, has_bias, act, ract, go_backwards)
-    return out, _pool.copy(h_states[time]), _pool.copy(c_states[time]), saved
+    return out, h_last, c_last, saved
 
 
 def lstm_backward(saved, d_out, d_h_last, d_c_last):
@@ -235,16 +291,13 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     dh = _pool.copy(v.check_grad(d_h_last, "d_h_last", (batch, units), dtype))
     dc = _pool.copy(v.check_grad(d_c_last, "d_c_last", (batch, units), dtype))
     inputs = saved.x_tm.shape[2]
-    steps = per_block(batch * width * dtype.itemsize, time)
-    dz = _pool.empty((steps, batch, width), dtype)
-    dx_tm = _pool.empty((time, batch, inputs), dtype)
+    dx = _pool.empty((batch, time, inputs), dtype)
     d_kernel = _pool.empty((inputs, width), dtype)
     d_recurrent = _pool.empty((units, width), dtype)
-    d_bias = np.zeros(width)
-    recurrent_t = np.ascontiguousarray(saved.recurrent_kernel.T)
-    _backward_kernel(saved.gates, saved.h_states, saved.c_states, saved.tanh_c, saved.x_tm, d_out,
-                     dh, dc, recurrent_t, pack_for(recurrent_t), np.ascontiguousarray(saved.kernel.T),
-                     saved.mask, saved.first, saved.act,
-                     saved.ract, steps, dz, dx_tm, d_kernel, d_recurrent, d_bias)
-    dx = from_time_major(dx_tm, saved.go_backwards)
-    return dx, dh, dc, d_kernel, d_recurrent, d_bias.astype(dtype) if saved.has_bias else None
+    d_bias = np.empty(width, dtype)
+    steps = per_block(batch * width * dtype.itemsize, time)
+    backward_core(saved.x_tm, saved.gates, saved.h_states, saved.c_states, saved.tanh_c,
+                  saved.mask, saved.first, saved.kernel, saved.recurrent_kernel, d_out, dh, dc,
+                  bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), steps,
+                  dx, d_kernel, d_recurrent, d_bias)
+    return dx, dh, dc, d_kernel, d_recurrent, d_bias if saved.has_bias else None

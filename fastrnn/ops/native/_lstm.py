@@ -1,0 +1,332 @@
+"""LSTM as native TensorFlow ops: FastrnnLSTMForward / FastrnnLSTMBackward."""
+
+import numpy as np
+from numba import carray, cfunc
+
+from fastrnn.kernels._cpu_common import prepare, steps_per_block
+from fastrnn.kernels.lstm import cpu as lstm_cpu
+
+from .. import _capi
+from .._capi import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    KERNEL_SIGNATURE,
+    MAX_DIMS,
+    TF_BOOL,
+    TF_INT32,
+    TF_TensorData,
+    TF_TensorType,
+    allocate,
+    blas_enter,
+    blas_leave,
+    delete_tensors,
+    fail,
+    get_inputs,
+    messages,
+    set_output_shapes,
+    shape_is,
+)
+from . import packed, recurrence
+
+# Forward inputs: x [B, T, I], h0 [B, H], c0 [B, H], kernel [I, 4H],
+# recurrent_kernel [H, 4H], bias ([4H], or [0] for none), mask bool ([B, T] or
+# [0, 0]), config int32 [6]. Outputs: out [B, T, H], h_last [B, H], c_last [B, H]
+# and, for the backward, gates [T, B, 4H], h_states [T + 1, B, H], c_states
+# [T + 1, B, H], tanh_c [T, B, H].
+# Backward inputs: x, kernel, recurrent_kernel, mask, config, gates, h_states,
+# c_states, tanh_c, d_out [B, T, H], d_h_last [B, H], d_c_last [B, H]. Outputs: dx,
+# dh0, dc0, d_kernel, d_recurrent_kernel, d_bias ([4H], or [0] for none).
+LSTM_CONFIG = ("go_backwards", "act", "ract", "has_mask", "has_bias", "packed")
+_N_CONFIG = len(LSTM_CONFIG)
+_MAX_ACTIVATION = 4  # codes 0-4 (kernels._validate.ACTIVATIONS)
+
+_FORWARD_ERRORS = messages("FastrnnLSTMForward", (
+    "could not read an input (rank above 4?)",
+    "x must have rank 3 [batch, time, features], features >= 1",
+    "h0 must be [batch, units] with the batch of x",
+    "c0 must be [batch, units] with the batch of x",
+    "kernel must be [features, 4 * units] with the features of x",
+    "recurrent_kernel must be [units, 4 * units] matching kernel, units >= 1",
+    "bias must be [4 * units] or empty (no bias)",
+    "mask must be bool [batch, time] matching x",
+    "config must be int32 [6] with activation codes 0-4",
+    "the time axis is empty: inputs need at least one step",
+    "could not allocate an output",
+    "the kernel raised an exception (out of memory?)",
+))
+_BACKWARD_ERRORS = messages("FastrnnLSTMBackward", (
+    "could not read an input (rank above 4?)",
+    "x must have rank 3 [batch, time, features], features >= 1",
+    "kernel or recurrent_kernel does not match x and the saved gates",
+    "the saved tensors (gates, h_states, c_states, tanh_c) do not match x",
+    "d_out must be [batch, time, units], d_h_last and d_c_last [batch, units]",
+    "mask must be bool [batch, time] matching x",
+    "config must be int32 [6] with activation codes 0-4",
+    "the time axis is empty: inputs need at least one step",
+    "could not allocate an output",
+    "the kernel raised an exception (out of memory?)",
+))
+
+# Shape programs (ops/_capi.set_output_shapes): per output, pieces (input, start, end).
+_FORWARD_SHAPES = np.array([
+    [[0, 0, 2], [4, 0, 1], [-1, 0, 0]],   # out [B, T, H]
+    [[0, 0, 1], [4, 0, 1], [-1, 0, 0]],   # h_last [B, H]
+    [[0, 0, 1], [4, 0, 1], [-1, 0, 0]],   # c_last [B, H]
+    [[0, 1, 2], [0, 0, 1], [4, 1, 2]],    # gates [T, B, 4H]
+    [[-1, 0, 0], [-1, 0, 0], [-1, 0, 0]],  # h_states [T + 1, B, H]: unknown
+    [[-1, 0, 0], [-1, 0, 0], [-1, 0, 0]],  # c_states [T + 1, B, H]: unknown
+    [[0, 1, 2], [0, 0, 1], [4, 0, 1]],    # tanh_c [T, B, H]
+], np.int64)
+_BACKWARD_SHAPES = np.array([
+    [[0, 0, 3], [-1, 0, 0], [-1, 0, 0]],   # dx like x
+    [[10, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dh0 like d_h_last
+    [[11, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dc0 like d_c_last
+    [[1, 0, 2], [-1, 0, 0], [-1, 0, 0]],   # d_kernel like kernel
+    [[2, 0, 2], [-1, 0, 0], [-1, 0, 0]],   # d_recurrent_kernel like recurrent_kernel
+    [[-1, 0, 0], [-1, 0, 0], [-1, 0, 0]],  # d_bias: [4H] or [0] (the wrapper sets it)
+], np.int64)
+
+
+@cfunc(KERNEL_SIGNATURE, cache=True)
+def _forward_shapes(ictx, status):
+    set_output_shapes(ictx, status, _FORWARD_SHAPES)
+
+
+@cfunc(KERNEL_SIGNATURE, cache=True)
+def _backward_shapes(ictx, status):
+    set_output_shapes(ictx, status, _BACKWARD_SHAPES)
+
+
+def _lstm_kernels(dtype):
+    """(forward, backward) cfuncs of the LSTM ops for one dtype."""
+    code = _capi.TF_DTYPE[np.dtype(dtype)]
+    size = np.dtype(dtype).itemsize
+    errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
+    n_config, max_act = _N_CONFIG, _MAX_ACTIVATION
+
+    @cfunc(KERNEL_SIGNATURE, cache=True)
+    def forward(state, ctx):
+        blas_enter()
+        status = _capi.TF_NewStatus()
+        tensors = np.zeros(8, np.intp)
+        outputs = np.zeros(7, np.intp)
+        dims = np.zeros((8, MAX_DIMS), np.int64)
+        ranks = np.zeros(8, np.int64)
+        error = -1
+        if not get_inputs(ctx, status, tensors, dims, ranks):
+            error = 0
+        elif ranks[0] != 3 or dims[0, 2] < 1:
+            error = 1
+        elif TF_TensorType(tensors[7]) != TF_INT32 or ranks[7] != 1 or dims[7, 0] != n_config:
+            error = 8
+        if error < 0:
+            config = carray(TF_TensorData(tensors[7]), n_config, np.int32)
+            if not (0 <= config[1] <= max_act and 0 <= config[2] <= max_act):
+                error = 8
+        if error < 0:
+            batch, time, inputs = dims[0, 0], dims[0, 1], dims[0, 2]
+            units = dims[4, 0]
+            has_mask, has_bias = config[3] != 0, config[4] != 0
+            bias_size = 1
+            for d in range(ranks[5]):
+                bias_size *= dims[5, d]
+            if ranks[1] != 2 or not shape_is(dims, ranks, 1, batch, units, -1):
+                error = 2
+            elif ranks[2] != 2 or not shape_is(dims, ranks, 2, batch, units, -1):
+                error = 3
+            elif ranks[3] != 2 or not shape_is(dims, ranks, 3, inputs, 4 * units, -1):
+                error = 4
+            elif ranks[4] != 2 or units < 1 or not shape_is(dims, ranks, 4, units, 4 * units, -1):
+                error = 5
+            elif (ranks[5] != 1 or dims[5, 0] != 4 * units) if has_bias else bias_size != 0:
+                error = 6
+            elif has_mask and (TF_TensorType(tensors[6]) != TF_BOOL or ranks[6] != 2
+                               or not shape_is(dims, ranks, 6, batch, time, -1)):
+                error = 7
+            elif time == 0:
+                error = 9
+        if error < 0:
+            shapes = np.zeros((7, 3), np.int64)
+            out_ranks = np.full(7, 3, np.int64)
+            shapes[0, 0], shapes[0, 1], shapes[0, 2] = batch, time, units
+            for i in (1, 2):
+                shapes[i, 0], shapes[i, 1], out_ranks[i] = batch, units, 2
+            shapes[3, 0], shapes[3, 1], shapes[3, 2] = time, batch, 4 * units
+            for i in (4, 5):
+                shapes[i, 0], shapes[i, 1], shapes[i, 2] = time + 1, batch, units
+            shapes[6, 0], shapes[6, 1], shapes[6, 2] = time, batch, units
+            for i in range(7):
+                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
+                if outputs[i] == 0:
+                    error = 10
+                    break
+        if error < 0 and batch > 0:
+            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
+            h0 = carray(TF_TensorData(tensors[1]), (batch, units), dtype)
+            c0 = carray(TF_TensorData(tensors[2]), (batch, units), dtype)
+            kernel = carray(TF_TensorData(tensors[3]), (inputs, 4 * units), dtype)
+            recurrent = carray(TF_TensorData(tensors[4]), (units, 4 * units), dtype)
+            if has_bias:
+                bias = carray(TF_TensorData(tensors[5]), 4 * units, dtype)
+            else:
+                bias = np.zeros(4 * units, dtype)
+            mask = np.ones((0, 0), np.bool_)
+            if has_mask:
+                mask = carray(TF_TensorData(tensors[6]), (batch, time), np.bool_)
+            out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
+            h_last = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
+            c_last = carray(TF_TensorData(outputs[2]), (batch, units), dtype)
+            gates = carray(TF_TensorData(outputs[3]), (time, batch, 4 * units), dtype)
+            h_states = carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype)
+            c_states = carray(TF_TensorData(outputs[5]), (time + 1, batch, units), dtype)
+            tanh_c = carray(TF_TensorData(outputs[6]), (time, batch, units), dtype)
+            try:
+                lstm_cpu.forward_core(
+                    x, h0, c0, kernel, recurrent, bias, mask, has_mask, config[0] != 0,
+                    np.int64(config[1]), np.int64(config[2]), config[5] != 0, out, h_last,
+                    c_last, np.empty((time, batch, inputs), dtype), gates, h_states, c_states,
+                    tanh_c, np.empty((time, batch), np.bool_), np.empty(batch, np.int64))
+            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+                error = 11
+        if error >= 0:
+            fail(ctx, status, INTERNAL if error >= 10 else INVALID_ARGUMENT, errors_f, error)
+        delete_tensors(outputs)
+        delete_tensors(tensors)
+        _capi.TF_DeleteStatus(status)
+        blas_leave()
+
+    @cfunc(KERNEL_SIGNATURE, cache=True)
+    def backward(state, ctx):
+        blas_enter()
+        status = _capi.TF_NewStatus()
+        tensors = np.zeros(12, np.intp)
+        outputs = np.zeros(6, np.intp)
+        dims = np.zeros((12, MAX_DIMS), np.int64)
+        ranks = np.zeros(12, np.int64)
+        error = -1
+        if not get_inputs(ctx, status, tensors, dims, ranks):
+            error = 0
+        elif ranks[0] != 3 or dims[0, 2] < 1:
+            error = 1
+        elif TF_TensorType(tensors[4]) != TF_INT32 or ranks[4] != 1 or dims[4, 0] != n_config:
+            error = 6
+        if error < 0:
+            config = carray(TF_TensorData(tensors[4]), n_config, np.int32)
+            if not (0 <= config[1] <= max_act and 0 <= config[2] <= max_act):
+                error = 6
+        if error < 0:
+            batch, time, inputs = dims[0, 0], dims[0, 1], dims[0, 2]
+            units = dims[2, 0]
+            has_mask, has_bias = config[3] != 0, config[4] != 0
+            if (ranks[1] != 2 or ranks[2] != 2 or units < 1
+                    or not shape_is(dims, ranks, 1, inputs, 4 * units, -1)
+                    or not shape_is(dims, ranks, 2, units, 4 * units, -1)):
+                error = 2
+            elif (ranks[5] != 3 or ranks[6] != 3 or ranks[7] != 3 or ranks[8] != 3
+                  or not shape_is(dims, ranks, 5, time, batch, 4 * units)
+                  or not shape_is(dims, ranks, 6, time + 1, batch, units)
+                  or not shape_is(dims, ranks, 7, time + 1, batch, units)
+                  or not shape_is(dims, ranks, 8, time, batch, units)):
+                error = 3
+            elif (ranks[9] != 3 or ranks[10] != 2 or ranks[11] != 2
+                  or not shape_is(dims, ranks, 9, batch, time, units)
+                  or not shape_is(dims, ranks, 10, batch, units, -1)
+                  or not shape_is(dims, ranks, 11, batch, units, -1)):
+                error = 4
+            elif has_mask and (TF_TensorType(tensors[3]) != TF_BOOL or ranks[3] != 2
+                               or not shape_is(dims, ranks, 3, batch, time, -1)):
+                error = 5
+            elif time == 0:
+                error = 7
+        if error < 0:
+            shapes = np.zeros((6, 3), np.int64)
+            out_ranks = np.full(6, 2, np.int64)
+            shapes[0, 0], shapes[0, 1], shapes[0, 2], out_ranks[0] = batch, time, inputs, 3
+            shapes[1, 0], shapes[1, 1] = batch, units
+            shapes[2, 0], shapes[2, 1] = batch, units
+            shapes[3, 0], shapes[3, 1] = inputs, 4 * units
+            shapes[4, 0], shapes[4, 1] = units, 4 * units
+            shapes[5, 0], out_ranks[5] = 4 * units if has_bias else 0, 1
+            for i in range(6):
+                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
+                if outputs[i] == 0:
+                    error = 8
+                    break
+        if error < 0:
+            d_kernel = carray(TF_TensorData(outputs[3]), (inputs, 4 * units), dtype)
+            d_recurrent = carray(TF_TensorData(outputs[4]), (units, 4 * units), dtype)
+            if has_bias:
+                d_bias = carray(TF_TensorData(outputs[5]), 4 * units, dtype)
+            else:
+                d_bias = np.empty(4 * units, dtype)
+            if batch == 0:
+                d_kernel[:] = 0.0
+                d_recurrent[:] = 0.0
+                d_bias[:] = 0.0
+        if error < 0 and batch > 0:
+            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
+            kernel = carray(TF_TensorData(tensors[1]), (inputs, 4 * units), dtype)
+            recurrent = carray(TF_TensorData(tensors[2]), (units, 4 * units), dtype)
+            mask = np.ones((0, 0), np.bool_)
+            if has_mask:
+                mask = carray(TF_TensorData(tensors[3]), (batch, time), np.bool_)
+            gates = carray(TF_TensorData(tensors[5]), (time, batch, 4 * units), dtype)
+            h_states = carray(TF_TensorData(tensors[6]), (time + 1, batch, units), dtype)
+            c_states = carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype)
+            tanh_c = carray(TF_TensorData(tensors[8]), (time, batch, units), dtype)
+            d_out = carray(TF_TensorData(tensors[9]), (batch, time, units), dtype)
+            dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
+            dc = carray(TF_TensorData(outputs[2]), (batch, units), dtype)
+            d_h_last = carray(TF_TensorData(tensors[10]), (batch, units), dtype)
+            d_c_last = carray(TF_TensorData(tensors[11]), (batch, units), dtype)
+            for i in range(batch):  # not dh[:] = ...: see kernels/lstm/cpu.py _copy_rows
+                for j in range(units):
+                    dh[i, j] = d_h_last[i, j]
+                    dc[i, j] = d_c_last[i, j]
+            dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
+            go_backwards = config[0] != 0
+            try:
+                x_tm = np.empty((time, batch, inputs), dtype)
+                mask_tm = np.empty((time, batch), np.bool_)
+                first = np.empty(batch, np.int64)
+                prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+                lstm_cpu.backward_core(
+                    x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel, recurrent,
+                    d_out, dh, dc, go_backwards, np.int64(config[1]), np.int64(config[2]),
+                    config[5] != 0, steps_per_block(batch * 4 * units * size, time), dx,
+                    d_kernel, d_recurrent, d_bias)
+            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+                error = 9
+        if error >= 0:
+            fail(ctx, status, INTERNAL if error >= 8 else INVALID_ARGUMENT, errors_b, error)
+        delete_tensors(outputs)
+        delete_tensors(tensors)
+        _capi.TF_DeleteStatus(status)
+        blas_leave()
+
+    return forward, backward
+
+
+FORWARD = ("FastrnnLSTMForward",
+           ["x: T", "h0: T", "c0: T", "kernel: T", "recurrent_kernel: T", "bias: T",
+            "mask: bool", "config: int32"],
+           ["out: T", "h_last: T", "c_last: T", "gates: T", "h_states: T", "c_states: T",
+            "tanh_c: T"],
+           _forward_shapes)
+BACKWARD = ("FastrnnLSTMBackward",
+            ["x: T", "kernel: T", "recurrent_kernel: T", "mask: bool", "config: int32",
+             "gates: T", "h_states: T", "c_states: T", "tanh_c: T", "d_out: T", "d_h_last: T",
+             "d_c_last: T"],
+            ["dx: T", "dh0: T", "dc0: T", "d_kernel: T", "d_recurrent_kernel: T", "d_bias: T"],
+            _backward_shapes)
+kernels = _lstm_kernels
+
+
+def call(x, h0, c0, kernel, recurrent_kernel, bias, mask, *, act, ract, go_backwards,
+         max_parts):
+    """LSTM through FastrnnLSTMForward/Backward. Returns (out, h_last, c_last)."""
+    units = int(recurrent_kernel.shape[0])
+    config = [go_backwards, act, ract, mask is not None, bias is not None, packed()]
+    out, (h_last, c_last) = recurrence("lstm", x, [h0, c0], [kernel, recurrent_kernel], bias,
+                                       mask, [], config, units, 4 * units, max_parts, 4)
+    return out, h_last, c_last
