@@ -19,15 +19,30 @@ from test_parity import compare, random_mask
 B, T, I, H = 5, 7, 3, 4
 
 
+# Both CPU routes split: the numpy_function route on threads of its own
+# (recurrence._run_parts, forward and backward), the native route in the graph
+# (one op per part, planned once per call by native.plan_parts).
+pytestmark = pytest.mark.usefixtures("cpu_route")
+
+
 @pytest.fixture
 def split_into(monkeypatch):
     """force(parts) -> the list of part counts the calls then used."""
+    from fastrnn.ops import native
+
     used = []
     run_parts = recurrence._run_parts
+    plan_parts = native.plan_parts
 
     def spy(fn, n):
         used.append(n)
         return run_parts(fn, n)
+
+    def plan_spy(*args):
+        parts = plan_parts(*args)
+        used.append(parts)
+        return parts
+
 
     def force(parts):
         monkeypatch.setattr(_parts, "SMALL_WORK", 0)
@@ -35,6 +50,7 @@ def split_into(monkeypatch):
         monkeypatch.setattr(recurrence, "MAX_PARTS", parts)
         monkeypatch.setattr(recurrence, "_FORCED_THREADS", None)
         monkeypatch.setattr(recurrence, "_run_parts", spy)
+        monkeypatch.setattr(native, "plan_parts", plan_spy)
         return used
     return force
 
@@ -143,7 +159,9 @@ def test_split_backward_when_the_forward_carried_nothing(split_into, monkeypatch
     used = split_into(2)
     monkeypatch.setattr(recurrence.record, "could_possibly_record", lambda: False)
     got = grads()
-    assert used == [2, 2]  # the forward; the backward (each part re-runs its forward)
+    # numpy_function: the forward, then the backward (each part re-runs its forward);
+    # native: the forward ops, differentiated through their registered gradient.
+    assert used == ([2] if recurrence.get_route() == "native" else [2, 2])
     for a, b in zip(got, want):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 

@@ -17,6 +17,8 @@ from .._capi import (
     TF_TensorData,
     TF_TensorType,
     allocate,
+    blas_enter,
+    blas_leave,
     delete_tensors,
     fail,
     get_inputs,
@@ -101,6 +103,7 @@ def kernels(dtype):
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def forward(state, ctx):
+        blas_enter()
         status = _capi.TF_NewStatus()
         tensors = np.zeros(8, np.intp)
         outputs = np.zeros(3, np.intp)
@@ -179,9 +182,11 @@ def kernels(dtype):
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
+        blas_leave()
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def backward(state, ctx):
+        blas_enter()
         status = _capi.TF_NewStatus()
         tensors = np.zeros(9, np.intp)
         outputs = np.zeros(5, np.intp)
@@ -276,6 +281,7 @@ def kernels(dtype):
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
+        blas_leave()
 
     return forward, backward
 
