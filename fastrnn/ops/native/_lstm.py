@@ -290,11 +290,13 @@ def _lstm_kernels(dtype):
                 mask_tm = np.empty((time, batch), np.bool_)
                 first = np.empty(batch, np.int64)
                 prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+                steps = steps_per_block(batch * 4 * units * size, time)
                 lstm_cpu.backward_core(
                     x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel, recurrent,
                     d_out, dh, dc, go_backwards, np.int64(config[1]), np.int64(config[2]),
-                    config[5] != 0, steps_per_block(batch * 4 * units * size, time), dx,
-                    d_kernel, d_recurrent, d_bias)
+                    config[5] != 0, dx, d_kernel, d_recurrent, d_bias,
+                    np.empty((steps, batch, 4 * units), dtype),
+                    np.empty((time, batch, inputs), dtype))
             except Exception:  # noqa: BLE001 - every failure becomes a TF error
                 error = 9
         if error >= 0:
