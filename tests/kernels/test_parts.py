@@ -124,19 +124,19 @@ def test_an_error_in_a_part_is_raised_in_the_caller(rng, force_split, monkeypatc
     from fastrnn.kernels.simple_rnn import cpu
 
     calls = []
-    real = cpu.to_time_major
+    real = cpu.check_state if hasattr(cpu, "check_state") else cpu.v.check_state
 
-    def fails_on_second_part(x, go_backwards):
+    def fails_on_second_part(*args, **kwargs):
         calls.append(threading.get_ident())
-        if len(calls) == 2:
+        if len(calls) == 3:  # the call itself, its first part, its second part
             raise RuntimeError("part failed")
-        return real(x, go_backwards)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(cpu, "to_time_major", fails_on_second_part)
+    monkeypatch.setattr(cpu.v, "check_state", fails_on_second_part)
     with pytest.raises(RuntimeError, match="part failed"):
         kernels.simple_rnn_forward(*_arrays(rng, "simple_rnn", 4, 3, 2, 3, np.float32).values())
     assert _blas.holders() == 0  # the one-thread limit was released
-    monkeypatch.setattr(cpu, "to_time_major", real)
+    monkeypatch.setattr(cpu.v, "check_state", real)
     *_, saved = kernels.simple_rnn_forward(*_arrays(rng, "simple_rnn", 4, 3, 2, 3,
                                                     np.float32).values())
     assert isinstance(saved, _parts.SplitSaved)
