@@ -62,7 +62,7 @@ COMPILE_NOTICE_S = 1.0
 
 def _compile_notice(cell, dtype):
     print(f"fastrnn: compiling the native {cell} {dtype} kernels for TensorFlow "
-          "(about 10-20 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
+          "(about 10-30 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
 
 
 @_plain
