@@ -8,6 +8,9 @@ from keras import ops as kops
 
 import fastrnn
 
+# Every test here runs on both CPU routes: the native ops and tf.numpy_function.
+pytestmark = pytest.mark.usefixtures("cpu_route")
+
 B, T, I, H = 3, 9, 4, 5
 
 
