@@ -193,9 +193,9 @@ def route_name(device="cpu"):
 
 
 def _native_inputs(x, tensors):
-    """x and tensors cast to the ops' dtype (float32 or float64; half in float32)."""
+    """tensors cast to the ops' dtype for inputs x (float32 or float64; half in float32)."""
     dtype = _COMPUTE.get(x.dtype, x.dtype)
-    return dtype, [None if t is None else tf.cast(t, dtype) for t in tensors]
+    return [None if t is None else tf.cast(t, dtype) for t in tensors]
 
 
 def check_device(device):
@@ -405,7 +405,7 @@ def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
                 go_backwards=bool(go_backwards))
     native = native_route(device)
     if native is not None:
-        _, (x_c, h0_c, w, u, b) = _native_inputs(x, [x, h0, kernel, recurrent_kernel, bias])
+        (x_c, h0_c, w, u, b) = _native_inputs(x, [x, h0, kernel, recurrent_kernel, bias])
         out, h_last = native.gru(x_c, h0_c, w, u, b, mask, reset_after=meta["reset_after"],
                                  go_backwards=meta["go_backwards"], act=meta["act"],
                                  ract=meta["ract"], max_parts=MAX_PARTS)
@@ -432,7 +432,7 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, mask=None, *, activation="
                 go_backwards=bool(go_backwards))
     native = native_route(device)
     if native is not None:
-        _, (x_c, h0_c, w, u, b, rm) = _native_inputs(
+        (x_c, h0_c, w, u, b, rm) = _native_inputs(
             x, [x, h0, kernel, recurrent_kernel, bias, recurrent_mask])
         out, h_last = native.simple_rnn(x_c, h0_c, w, u, b, mask, act=meta["act"],
                                         go_backwards=meta["go_backwards"], recurrent_mask=rm,
@@ -456,7 +456,7 @@ def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
     """minGRU over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
     native = native_route(device)
     if native is not None:
-        _, (x_c, h0_c, w, b) = _native_inputs(x, [x, h0, kernel, bias])
+        (x_c, h0_c, w, b) = _native_inputs(x, [x, h0, kernel, bias])
         out, h_last = native.mingru(x_c, h0_c, w, b, mask, go_backwards=bool(go_backwards),
                                     max_parts=MAX_PARTS)
         return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype)
@@ -486,7 +486,7 @@ def lstm(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, *, go_backwards=F
                 go_backwards=bool(go_backwards))
     native = native_route(device)
     if native is not None:
-        _, (x_c, h0_c, c0_c, w, u, b) = _native_inputs(
+        (x_c, h0_c, c0_c, w, u, b) = _native_inputs(
             x, [x, h0, c0, kernel, recurrent_kernel, bias])
         out, h_last, c_last = native.lstm(x_c, h0_c, c0_c, w, u, b, mask,
                                           go_backwards=meta["go_backwards"], act=meta["act"],

@@ -19,7 +19,6 @@ import sys
 import threading
 
 import numpy as np
-from numba import carray, cfunc
 
 from fastrnn.kernels import _microgemm
 
