@@ -8,9 +8,9 @@ with respect to x are reversed once on the way out.
 """
 
 import numpy as np
-from numba import njit
+from numba import carray, cfunc, njit
 
-from . import _pool
+from . import _abi, _pool
 from ._blas import gemm, gemm_tn
 from ._math import sigmoid as fast_sigmoid
 from ._math import tanh as fast_tanh
@@ -250,6 +250,43 @@ def prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
     """What a core derives from its inputs: x_tm [T, B, I], mask_tm [T, B], first [B]."""
     time_major_into(x, go_backwards, x_tm)
     mask_into(mask, has_mask, go_backwards, mask_tm, first)
+
+
+# prepare compiled once per dtype (kernels._abi), for the TensorFlow ops' backward
+# cfuncs, which rebuild x_tm from x: one copy of its code for every cell. Args:
+# addresses of x, mask, x_tm, mask_tm, first; batch, time, inputs, has_mask,
+# go_backwards; the done flag.
+_PREPARE_ARGS = 10
+
+
+def _prepare_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _PREPARE_ARGS + 1, np.int64)
+        batch, time, inputs, has_mask = a[5], a[6], a[7], a[8] != 0
+        prepare(carray(_abi.address_to_pointer(a[0]), (batch, time, inputs), dtype),
+                carray(_abi.address_to_pointer(a[1]), (batch if has_mask else 0,
+                                                       time if has_mask else 0), np.bool_),
+                has_mask, a[9] != 0,
+                carray(_abi.address_to_pointer(a[2]), (time, batch, inputs), dtype),
+                carray(_abi.address_to_pointer(a[3]), (time, batch), np.bool_),
+                carray(_abi.address_to_pointer(a[4]), batch, np.int64))
+        a[_PREPARE_ARGS] = 1
+
+    return run
+
+
+_prepare_by_name = _abi.register("prepare", _prepare_cfunc)
+
+
+@jit
+def run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
+    """prepare through its compiled-once cfunc (`_abi.ensure("prepare", dtype)` first)."""
+    a = np.empty(_PREPARE_ARGS + 1, np.int64)
+    a[0], a[1], a[2], a[3], a[4] = (x.ctypes.data, mask.ctypes.data, x_tm.ctypes.data,
+                                    mask_tm.ctypes.data, first.ctypes.data)
+    a[5], a[6], a[7], a[8], a[9] = x.shape[0], x.shape[1], x.shape[2], has_mask, go_backwards
+    return _prepare_by_name(x, a)
 
 
 # Array-to-array assignment (a[...] = b) makes Numba compile its shape-mismatch

@@ -31,7 +31,7 @@ import threading
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import cfunc, njit, types
+from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -39,7 +39,7 @@ TESTED_TF = ("2.21",)
 _LIBRARY = {"linux": "libtensorflow_framework.so.2",
             "darwin": "libtensorflow_framework.2.dylib"}
 
-TF_FLOAT, TF_DOUBLE, TF_INT32, TF_BOOL = 1, 2, 3, 10
+TF_FLOAT, TF_DOUBLE, TF_INT32, TF_INT64, TF_BOOL = 1, 2, 3, 9, 10
 TF_DTYPE = {np.dtype(np.float32): TF_FLOAT, np.dtype(np.float64): TF_DOUBLE}
 INVALID_ARGUMENT, INTERNAL = 3, 13
 MAX_DIMS = 4
@@ -79,6 +79,7 @@ _KERNEL_SYMBOLS = {
     "TF_TensorType": (_i32, _ip),
     "TF_TensorData": (types.voidptr, _ip),
     "TF_AllocateOutput": (_ip, _ip, _i32, _i32, _ip, _i32, types.uint64, _ip),
+    "TF_AllocateTemp": (_ip, _ip, _i32, _ip, _i32, _ip, _ip),
     "TF_DeleteTensor": (types.void, _ip),
     "TF_OpKernelContext_Failure": (types.void, _ip, _ip),
     "TF_NewShapeHandle": (_ip,),
@@ -110,6 +111,7 @@ TF_Dim = _extern("TF_Dim")
 TF_TensorType = _extern("TF_TensorType")
 TF_TensorData = _extern("TF_TensorData")
 TF_AllocateOutput = _extern("TF_AllocateOutput")
+TF_AllocateTemp = _extern("TF_AllocateTemp")
 TF_DeleteTensor = _extern("TF_DeleteTensor")
 TF_OpKernelContext_Failure = _extern("TF_OpKernelContext_Failure")
 TF_NewShapeHandle = _extern("TF_NewShapeHandle")
@@ -251,6 +253,72 @@ def allocate(ctx, i, dtype_code, itemsize, dims, rank, status):
     for d in range(rank):
         size *= dims[d]
     return TF_AllocateOutput(ctx, i, dtype_code, dims.ctypes.data, rank, size, status)
+
+
+# TF_AllocatorAttributes {size_t struct_size; TF_Bool on_host}: struct_size is the
+# offset of the end of on_host (9), on_host (byte 8) is 1. A compile-time constant.
+_ON_HOST = np.array([9, 1], np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def scratch(ctx, dtype_code, dims, rank, status):
+    """A temporary tensor of shape dims[:rank] from TensorFlow's allocator
+    (TF_AllocateTemp): the op's scratch memory, without NumPy allocations that could
+    raise inside the kernel. 0 on failure (status set); the caller deletes it
+    (delete_tensors) when done."""
+    return TF_AllocateTemp(ctx, dtype_code, dims.ctypes.data, rank, _ON_HOST.ctypes.data, status)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def allocate_outputs(ctx, status, dtype_code, itemsize, shapes, ranks, outputs):
+    """outputs[i] = output i of shape shapes[i, :ranks[i]] (TF_AllocateOutput), every
+    output of dtype dtype_code (itemsize bytes). False when one failed (status set)."""
+    for i in range(outputs.shape[0]):
+        outputs[i] = allocate(ctx, i, dtype_code, itemsize, shapes[i], ranks[i], status)
+        if outputs[i] == 0:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def allocate_scratch(ctx, status, codes, shapes, ranks, temps):
+    """temps[i] = a scratch tensor of dtype codes[i] and shape shapes[i, :ranks[i]].
+    False when one failed (status set)."""
+    for i in range(temps.shape[0]):
+        temps[i] = scratch(ctx, codes[i], shapes[i], ranks[i], status)
+        if temps[i] == 0:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def layout_scratch(ctx, status, dtype_code, itemsize, batch, time, inputs, extra, temps):
+    """The scratch every cell's op needs, from TensorFlow's allocator: temps[0] x_tm
+    [T, B, I], temps[1] mask_tm [T, B] bool, temps[2] first [B] int64 (the layout
+    kernels._cpu_common.prepare writes), temps[3] `extra` zeros of the op's dtype (a
+    stand-in bias or bias gradient when there is none). False when one failed."""
+    shapes = np.zeros((4, 3), np.int64)
+    shapes[0, 0], shapes[0, 1], shapes[0, 2] = time, batch, inputs
+    shapes[1, 0], shapes[1, 1] = time, batch
+    shapes[2, 0] = batch
+    shapes[3, 0] = extra
+    codes = np.zeros(4, np.int32)
+    codes[0], codes[1], codes[2], codes[3] = dtype_code, TF_BOOL, TF_INT64, dtype_code
+    ranks = np.zeros(4, np.int64)
+    ranks[0], ranks[1], ranks[2], ranks[3] = 3, 2, 1, 1
+    if not allocate_scratch(ctx, status, codes, shapes, ranks, temps):
+        return False
+    zero_tensor(temps[3], extra * itemsize)
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def zero_tensor(tensor, nbytes):
+    """Every byte of an allocated tensor's nbytes set to 0 (element loops: see
+    kernels._cpu_common.copy_1d)."""
+    data = carray(TF_TensorData(tensor), nbytes, np.uint8)
+    for i in range(nbytes):
+        data[i] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -346,7 +346,7 @@ _BACKWARD_ARGS = 24
 def _forward_cfunc(dtype):
     @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
     def run(address):
-        a = carray(address, _FORWARD_ARGS, np.int64)
+        a = carray(address, _FORWARD_ARGS + 1, np.int64)
         batch, time, inputs, units, rows = a[14], a[15], a[16], a[17], a[18]
         width = 3 * units
         forward_core(
@@ -366,6 +366,7 @@ def _forward_cfunc(dtype):
             carray(address_to_pointer(a[11]), (time + 1, batch, units), dtype),
             carray(address_to_pointer(a[12]), (time, batch), np.bool_),
             carray(address_to_pointer(a[13]), batch, np.int64))
+        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
 
     return run
 
@@ -373,7 +374,7 @@ def _forward_cfunc(dtype):
 def _backward_cfunc(dtype):
     @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
     def run(address):
-        a = carray(address, _BACKWARD_ARGS, np.int64)
+        a = carray(address, _BACKWARD_ARGS + 1, np.int64)
         batch, time, inputs, units, rows = a[14], a[15], a[16], a[17], a[18]
         width = 3 * units
         backward_core(
@@ -392,6 +393,7 @@ def _backward_cfunc(dtype):
             carray(address_to_pointer(a[11]), (inputs, width), dtype),
             carray(address_to_pointer(a[12]), (units, width), dtype),
             carray(address_to_pointer(a[13]), (rows, width), dtype))
+        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
 
     return run
 
@@ -403,29 +405,31 @@ _backward_by_name = _abi.register("gru_backward", _backward_cfunc)
 @jit
 def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
                 act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
-    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first)."""
-    a = np.empty(_FORWARD_ARGS, np.int64)
+    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.empty(_FORWARD_ARGS + 1, np.int64)
     a[0], a[1], a[2], a[3] = x.ctypes.data, h0.ctypes.data, kernel.ctypes.data, recurrent_kernel.ctypes.data
     a[4], a[5], a[6], a[7] = bias.ctypes.data, mask.ctypes.data, out.ctypes.data, h_last.ctypes.data
     a[8], a[9], a[10], a[11] = x_tm.ctypes.data, gates.ctypes.data, extra.ctypes.data, states.ctypes.data
     a[12], a[13] = mask_tm.ctypes.data, first.ctypes.data
     a[14], a[15], a[16], a[17], a[18] = x.shape[0], x.shape[1], x.shape[2], h0.shape[1], bias.shape[0]
     a[19], a[20], a[21], a[22], a[23], a[24] = has_mask, reset_after, go_backwards, act, ract, packed
-    _forward_by_name(x, a)
+    return _forward_by_name(x, a)
 
 
 @jit
 def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
                  reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
-    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first)."""
-    a = np.empty(_BACKWARD_ARGS, np.int64)
+    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.empty(_BACKWARD_ARGS + 1, np.int64)
     a[0], a[1], a[2], a[3] = x_tm.ctypes.data, gates.ctypes.data, extra.ctypes.data, states.ctypes.data
     a[4], a[5], a[6], a[7] = mask_tm.ctypes.data, first.ctypes.data, kernel.ctypes.data, recurrent_kernel.ctypes.data
     a[8], a[9], a[10], a[11] = d_out.ctypes.data, dh.ctypes.data, dx.ctypes.data, d_kernel.ctypes.data
     a[12], a[13] = d_recurrent.ctypes.data, d_bias.ctypes.data
     a[14], a[15], a[16], a[17], a[18] = dh.shape[0], x_tm.shape[0], x_tm.shape[2], dh.shape[1], d_bias.shape[0]
     a[19], a[20], a[21], a[22], a[23] = reset_after, go_backwards, act, ract, packed
-    _backward_by_name(dh, a)
+    return _backward_by_name(dh, a)
 
 
 def prepare_cores(dtype):
@@ -517,9 +521,10 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     mask_tm = np.empty((time, batch), np.bool_)
     first = np.empty(batch, np.int64)
     prepare_cores(x.dtype)
-    run_forward(x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
-                 mask is not None, bool(reset_after), bool(go_backwards), act, ract,
-                 _microgemm.wanted(), out, h_last, x_tm, gates, extra, states, mask_tm, first)
+    _abi.finished(run_forward(
+        x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
+        mask is not None, bool(reset_after), bool(go_backwards), act, ract, _microgemm.wanted(),
+        out, h_last, x_tm, gates, extra, states, mask_tm, first), "gru_forward")
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
                      has_bias, bool(reset_after), act, ract, go_backwards)
     return out, h_last, saved
@@ -551,10 +556,11 @@ def gru_backward(saved, d_out, d_h_last):
     d_recurrent = _pool.empty((units, width), dtype)
     d_bias = np.empty((2 if saved.reset_after else 1, width), dtype)
     prepare_cores(dtype)
-    run_backward(saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
-                  saved.kernel, saved.recurrent_kernel, d_out, dh, saved.reset_after,
-                  bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx,
-                  d_kernel, d_recurrent, d_bias)
+    _abi.finished(run_backward(
+        saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
+        saved.kernel, saved.recurrent_kernel, d_out, dh, saved.reset_after,
+        bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx, d_kernel,
+        d_recurrent, d_bias), "gru_backward")
     if not saved.has_bias:
         d_bias = None
     elif not saved.reset_after:

@@ -8,8 +8,9 @@ fused elementwise passes; the projected-input buffer is overwritten with the
 gates i | f | g | o. Backward: per step fused passes for the gate gradients and
 one BLAS call for dh_{t-1}; dx and the weight gradients are GEMMs over blocks of
 steps. One nopython core per direction (forward_core, backward_core) does a whole
-call on preallocated arrays: the launchers here validate, allocate and call it, and
-so do the TensorFlow ops' kernels (fastrnn/ops/native/_lstm.py).
+call on preallocated arrays, compiled once per dtype as a cfunc called by name
+(kernels._abi, run_forward / run_backward): the launchers here validate, allocate
+and call it, and so do the TensorFlow ops' kernels (fastrnn/ops/native/_lstm.py).
 
 Saved for backward, per step and batch row: x_t (I floats), i | f | g | o (4H),
 h_t, c_t and act(c_t) (3H): I + 7H floats.
@@ -18,9 +19,11 @@ h_t, c_t and act(c_t) (3H): I + 7H floats.
 from dataclasses import dataclass
 
 import numpy as np
+from numba import carray, cfunc
 
-from .. import _microgemm, _parts, _pool
+from .. import _abi, _microgemm, _parts, _pool
 from .. import _validate as v
+from .._abi import put, view1, view2, view3
 from .._microgemm import packed_or_empty, product
 from .._cpu_common import (
     activate,
@@ -28,6 +31,7 @@ from .._cpu_common import (
     add_output_grad,
     batch_major_into,
     block_gradients,
+    inline_jit,
     jit,
     mask_into,
     masked_output_rows,
@@ -52,7 +56,7 @@ def _copy_rows(src, dst):
 # lstm_backward took 11.4 s of CPU per dtype with one layer more, 9.2-9.5 s without).
 
 
-@jit
+@inline_jit
 def forward_core(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
                  ract, packed, out, h_last, c_last, x_tm, gates, h_states, c_states, tanh_c,
                  mask_tm, first):
@@ -156,7 +160,7 @@ def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, 
                     dh[b, j] = rec[b, j]
 
 
-@jit
+@inline_jit
 def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                   recurrent_kernel, d_out, dh, dc, go_backwards, act, ract, packed, dx,
                   d_kernel, d_recurrent, d_bias, dz, dx_tm):
@@ -196,6 +200,115 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     for j in range(width):
         d_bias[j] = d_b[j]
     batch_major_into(dx_tm, go_backwards, dx)
+
+
+# The cores compiled once per dtype, called by name (kernels._abi). Arrays take
+# _abi.SLOTS slots each (put / view); then the settings; then the done flag.
+_FORWARD_ARRAYS, _FORWARD_ARGS = 17, 17 * _abi.SLOTS + 5
+_BACKWARD_ARRAYS, _BACKWARD_ARGS = 18, 18 * _abi.SLOTS + 4
+
+
+def _forward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _FORWARD_ARGS + 1, np.int64)
+        s = _FORWARD_ARRAYS * _abi.SLOTS
+        forward_core(view3(a, 0, dtype), view2(a, 4, dtype), view2(a, 8, dtype),
+                     view2(a, 12, dtype), view2(a, 16, dtype), view1(a, 20, dtype),
+                     view2(a, 24, np.bool_), a[s] != 0, a[s + 1] != 0, a[s + 2], a[s + 3],
+                     a[s + 4] != 0, view3(a, 28, dtype), view2(a, 32, dtype),
+                     view2(a, 36, dtype), view3(a, 40, dtype), view3(a, 44, dtype),
+                     view3(a, 48, dtype), view3(a, 52, dtype), view3(a, 56, dtype),
+                     view2(a, 60, np.bool_), view1(a, 64, np.int64))
+        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+def _backward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _BACKWARD_ARGS + 1, np.int64)
+        s = _BACKWARD_ARRAYS * _abi.SLOTS
+        backward_core(view3(a, 0, dtype), view3(a, 4, dtype), view3(a, 8, dtype),
+                      view3(a, 12, dtype), view3(a, 16, dtype), view2(a, 20, np.bool_),
+                      view1(a, 24, np.int64), view2(a, 28, dtype), view2(a, 32, dtype),
+                      view3(a, 36, dtype), view2(a, 40, dtype), view2(a, 44, dtype),
+                      a[s] != 0, a[s + 1], a[s + 2], a[s + 3] != 0, view3(a, 48, dtype),
+                      view2(a, 52, dtype), view2(a, 56, dtype), view1(a, 60, dtype),
+                      view3(a, 64, dtype), view3(a, 68, dtype))
+        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+_forward_by_name = _abi.register("lstm_forward", _forward_cfunc)
+_backward_by_name = _abi.register("lstm_backward", _backward_cfunc)
+
+
+@jit
+def run_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
+                ract, packed, out, h_last, c_last, x_tm, gates, h_states, c_states, tanh_c,
+                mask_tm, first):
+    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.zeros(_FORWARD_ARGS + 1, np.int64)
+    put(a, 0, x)
+    put(a, 4, h0)
+    put(a, 8, c0)
+    put(a, 12, kernel)
+    put(a, 16, recurrent_kernel)
+    put(a, 20, bias)
+    put(a, 24, mask)
+    put(a, 28, out)
+    put(a, 32, h_last)
+    put(a, 36, c_last)
+    put(a, 40, x_tm)
+    put(a, 44, gates)
+    put(a, 48, h_states)
+    put(a, 52, c_states)
+    put(a, 56, tanh_c)
+    put(a, 60, mask_tm)
+    put(a, 64, first)
+    s = _FORWARD_ARRAYS * _abi.SLOTS
+    a[s], a[s + 1], a[s + 2], a[s + 3], a[s + 4] = has_mask, go_backwards, act, ract, packed
+    return _forward_by_name(x, a)
+
+
+@jit
+def run_backward(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
+                 recurrent_kernel, d_out, dh, dc, go_backwards, act, ract, packed, dx, d_kernel,
+                 d_recurrent, d_bias, dz, dx_tm):
+    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.zeros(_BACKWARD_ARGS + 1, np.int64)
+    put(a, 0, x_tm)
+    put(a, 4, gates)
+    put(a, 8, h_states)
+    put(a, 12, c_states)
+    put(a, 16, tanh_c)
+    put(a, 20, mask_tm)
+    put(a, 24, first)
+    put(a, 28, kernel)
+    put(a, 32, recurrent_kernel)
+    put(a, 36, d_out)
+    put(a, 40, dh)
+    put(a, 44, dc)
+    put(a, 48, dx)
+    put(a, 52, d_kernel)
+    put(a, 56, d_recurrent)
+    put(a, 60, d_bias)
+    put(a, 64, dz)
+    put(a, 68, dx_tm)
+    s = _BACKWARD_ARRAYS * _abi.SLOTS
+    a[s], a[s + 1], a[s + 2], a[s + 3] = go_backwards, act, ract, packed
+    return _backward_by_name(dh, a)
+
+
+def prepare_cores(dtype):
+    """Compile (or load) and bind the LSTM cores for dtype, once per process."""
+    _abi.ensure("lstm_forward", dtype)
+    _abi.ensure("lstm_backward", dtype)
 
 
 @dataclass(eq=False)
@@ -266,9 +379,11 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     c_last = np.empty((batch, units), x.dtype)
     mask_tm = np.empty((time, batch), np.bool_)
     first = np.empty(batch, np.int64)
-    forward_core(x, h0, c0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
-                 mask is not None, bool(go_backwards), act, ract, _microgemm.wanted(), out,
-                 h_last, c_last, x_tm, gates, h_states, c_states, tanh_c, mask_tm, first)
+    prepare_cores(x.dtype)
+    _abi.finished(run_forward(
+        x, h0, c0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
+        mask is not None, bool(go_backwards), act, ract, _microgemm.wanted(), out, h_last,
+        c_last, x_tm, gates, h_states, c_states, tanh_c, mask_tm, first), "lstm_forward")
     saved = LSTMSaved(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                       recurrent_kernel, has_bias, act, ract, go_backwards)
     return out, h_last, c_last, saved
@@ -297,9 +412,11 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     d_recurrent = _pool.empty((units, width), dtype)
     d_bias = np.empty(width, dtype)
     steps = per_block(batch * width * dtype.itemsize, time)
-    backward_core(saved.x_tm, saved.gates, saved.h_states, saved.c_states, saved.tanh_c,
-                  saved.mask, saved.first, saved.kernel, saved.recurrent_kernel, d_out, dh, dc,
-                  bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx,
-                  d_kernel, d_recurrent, d_bias, _pool.empty((steps, batch, width), dtype),
-                  _pool.empty((time, batch, inputs), dtype))
+    prepare_cores(dtype)
+    _abi.finished(run_backward(
+        saved.x_tm, saved.gates, saved.h_states, saved.c_states, saved.tanh_c, saved.mask,
+        saved.first, saved.kernel, saved.recurrent_kernel, d_out, dh, dc,
+        bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx, d_kernel,
+        d_recurrent, d_bias, _pool.empty((steps, batch, width), dtype),
+        _pool.empty((time, batch, inputs), dtype)), "lstm_backward")
     return dx, dh, dc, d_kernel, d_recurrent, d_bias if saved.has_bias else None

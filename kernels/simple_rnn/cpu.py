@@ -10,18 +10,21 @@ one GEMM each after the loop.
 Saved for backward, per step and batch row: x_t (I floats) and h_t (H floats).
 
 One nopython core per direction (forward_core, backward_core) does a whole call on
-preallocated arrays: the launchers below validate, allocate and call it, and so do
-the TensorFlow ops' cfuncs (fastrnn/ops/native/_simple_rnn.py), with the same
-argument types, so each core compiles once per dtype.
+preallocated arrays. Each is compiled once per dtype as a cfunc called by name
+(kernels._abi, run_forward / run_backward): the launchers below validate, allocate
+and call it, and so do the TensorFlow ops' cfuncs (fastrnn/ops/native/_simple_rnn.py).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _parts, _pool
+from numba import carray, cfunc
+
+from .. import _abi, _parts, _pool
 from .. import _validate as v
 from .. import _microgemm
+from .._abi import put, view1, view2, view3
 from .._microgemm import packed_or_empty, product
 from .._cpu_common import (
     activate,
@@ -30,6 +33,7 @@ from .._cpu_common import (
     all_rows,
     batch_major_into,
     block_gradients,
+    inline_jit,
     jit,
     masked_output_rows,
     prepare,
@@ -153,7 +157,7 @@ def _backward_kernel(states, x_tm, d_out, dh, recurrent_kernel_t, recurrent_t_pa
         hi = lo
 
 
-@jit
+@inline_jit
 def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
                  recurrent_mask, packed, out, h_last, x_tm, states, mask_tm, first):
     """A whole simple_rnn_forward call on preallocated arrays (the launcher's and the
@@ -176,7 +180,7 @@ def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, go_backw
             h_last[b, j] = states[time, b, j]
 
 
-@jit
+@inline_jit
 def backward_core(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurrent_mask, d_out,
                   dh, go_backwards, act, packed, dx, d_kernel, d_recurrent, d_bias):
     """A whole simple_rnn_backward call on preallocated arrays. dh [B, H]: d_h_last on
@@ -197,6 +201,100 @@ def backward_core(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurr
     for j in range(units):
         d_bias[j] = d_b[j]
     batch_major_into(dx_tm, go_backwards, dx)
+
+
+# The cores compiled once per dtype, called by name (kernels._abi). Arrays take
+# _abi.SLOTS slots each (put / view); then the settings; then the done flag.
+_FORWARD_ARRAYS, _FORWARD_ARGS = 13, 13 * _abi.SLOTS + 4
+_BACKWARD_ARRAYS, _BACKWARD_ARGS = 13, 13 * _abi.SLOTS + 3
+
+
+def _forward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _FORWARD_ARGS + 1, np.int64)
+        s = _FORWARD_ARRAYS * _abi.SLOTS
+        forward_core(view3(a, 0, dtype), view2(a, 4, dtype), view2(a, 8, dtype),
+                     view2(a, 12, dtype), view1(a, 16, dtype), view2(a, 20, np.bool_),
+                     a[s] != 0, a[s + 1] != 0, a[s + 2], view2(a, 24, dtype), a[s + 3] != 0,
+                     view3(a, 28, dtype), view2(a, 32, dtype), view3(a, 36, dtype),
+                     view3(a, 40, dtype), view2(a, 44, np.bool_), view1(a, 48, np.int64))
+        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+def _backward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _BACKWARD_ARGS + 1, np.int64)
+        s = _BACKWARD_ARRAYS * _abi.SLOTS
+        backward_core(view3(a, 0, dtype), view3(a, 4, dtype), view2(a, 8, np.bool_),
+                      view1(a, 12, np.int64), view2(a, 16, dtype), view2(a, 20, dtype),
+                      view2(a, 24, dtype), view3(a, 28, dtype), view2(a, 32, dtype),
+                      a[s] != 0, a[s + 1], a[s + 2] != 0, view3(a, 36, dtype),
+                      view2(a, 40, dtype), view2(a, 44, dtype), view1(a, 48, dtype))
+        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+_forward_by_name = _abi.register("simple_rnn_forward", _forward_cfunc)
+_backward_by_name = _abi.register("simple_rnn_backward", _backward_cfunc)
+
+
+@jit
+def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
+                recurrent_mask, packed, out, h_last, x_tm, states, mask_tm, first):
+    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.zeros(_FORWARD_ARGS + 1, np.int64)
+    put(a, 0, x)
+    put(a, 4, h0)
+    put(a, 8, kernel)
+    put(a, 12, recurrent_kernel)
+    put(a, 16, bias)
+    put(a, 20, mask)
+    put(a, 24, recurrent_mask)
+    put(a, 28, out)
+    put(a, 32, h_last)
+    put(a, 36, x_tm)
+    put(a, 40, states)
+    put(a, 44, mask_tm)
+    put(a, 48, first)
+    s = _FORWARD_ARRAYS * _abi.SLOTS
+    a[s], a[s + 1], a[s + 2], a[s + 3] = has_mask, go_backwards, act, packed
+    return _forward_by_name(x, a)
+
+
+@jit
+def run_backward(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurrent_mask, d_out,
+                 dh, go_backwards, act, packed, dx, d_kernel, d_recurrent, d_bias):
+    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.zeros(_BACKWARD_ARGS + 1, np.int64)
+    put(a, 0, x_tm)
+    put(a, 4, states)
+    put(a, 8, mask_tm)
+    put(a, 12, first)
+    put(a, 16, kernel)
+    put(a, 20, recurrent_kernel)
+    put(a, 24, recurrent_mask)
+    put(a, 28, d_out)
+    put(a, 32, dh)
+    put(a, 36, dx)
+    put(a, 40, d_kernel)
+    put(a, 44, d_recurrent)
+    put(a, 48, d_bias)
+    s = _BACKWARD_ARRAYS * _abi.SLOTS
+    a[s], a[s + 1], a[s + 2] = go_backwards, act, packed
+    return _backward_by_name(dh, a)
+
+
+def prepare_cores(dtype):
+    """Compile (or load) and bind the SimpleRNN cores for dtype, once per process."""
+    _abi.ensure("simple_rnn_forward", dtype)
+    _abi.ensure("simple_rnn_backward", dtype)
 
 
 @dataclass(eq=False)
@@ -259,9 +357,11 @@ def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",
     h_last = np.empty((batch, units), x.dtype)
     mask_tm = np.empty((time, batch), np.bool_)
     first = np.empty(batch, np.int64)
-    forward_core(x, h0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
-                 mask is not None, bool(go_backwards), act, rec_mask, bool(_microgemm.wanted()),
-                 out, h_last, x_tm, states, mask_tm, first)
+    prepare_cores(x.dtype)
+    _abi.finished(run_forward(
+        x, h0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
+        mask is not None, bool(go_backwards), act, rec_mask, bool(_microgemm.wanted()), out,
+        h_last, x_tm, states, mask_tm, first), "simple_rnn_forward")
     saved = SimpleRNNSaved(x_tm, states, mask_tm, first, kernel, recurrent_kernel, rec_mask,
                            has_bias, act, go_backwards)
     return out, h_last, saved
@@ -293,8 +393,10 @@ def simple_rnn_backward(saved, d_out, d_h_last):
     d_kernel = _pool.empty((inputs, units), dtype)
     d_recurrent = _pool.empty((units, units), dtype)
     d_bias = np.empty(units, dtype)
-    backward_core(saved.x_tm, saved.states, saved.mask, saved.first, saved.kernel,
-                  saved.recurrent_kernel, saved.recurrent_mask, d_out, dh,
-                  bool(saved.go_backwards), saved.act, bool(_microgemm.wanted()), dx, d_kernel,
-                  d_recurrent, d_bias)
+    prepare_cores(dtype)
+    _abi.finished(run_backward(
+        saved.x_tm, saved.states, saved.mask, saved.first, saved.kernel,
+        saved.recurrent_kernel, saved.recurrent_mask, d_out, dh, bool(saved.go_backwards),
+        saved.act, bool(_microgemm.wanted()), dx, d_kernel, d_recurrent, d_bias),
+        "simple_rnn_backward")
     return dx, dh, d_kernel, d_recurrent, d_bias if saved.has_bias else None

@@ -165,3 +165,46 @@ def test_numba_threading_layer_survives_concurrent_threads():
         print("layer", numba.threading_layer())
     """)
     assert "layer" in out and "workqueue" not in out
+
+
+def test_a_core_that_raises_fails_the_call_and_the_op_cleanly():
+    # A core compiled once and called by name (kernels._abi) cannot raise through the
+    # C ABI: Numba prints the exception and the cfunc returns. Its done flag stays
+    # clear, and the launcher raises / the op fails with a TF error. A failing core
+    # is bound in place of GRU's forward before anything links to it.
+    out, err = run_python("""
+        import numpy as np
+        from numba import carray, cfunc
+        from fastrnn.kernels import _abi
+
+        def failing(dtype):
+            @cfunc(_abi.SIGNATURE)
+            def run(address):
+                a = carray(address, 1, np.int64)
+                np.empty(-1 if a[0] != 0 else 1)  # raises: negative dimensions
+            return run
+
+        _abi._factories["gru_forward"] = failing
+        import fastrnn
+        from fastrnn import kernels
+        x = np.ones((2, 3, 1), np.float32)
+        W, U = np.ones((1, 12), np.float32), np.ones((4, 12), np.float32) * 0.1
+        try:
+            kernels.gru_forward(x, None, W, U, None)
+        except RuntimeError as error:
+            print("launcher:", error)
+        import tensorflow as tf
+        import fastrnn.ops.native as native
+        gen = native.ops("gru", np.float32)
+        config = np.array([1, 0, 0, 2, 0, 0, 0], np.int32)
+        try:
+            gen.fastrnn_gru_forward(x, np.zeros((2, 4), np.float32), W, U,
+                                    np.zeros((0,), np.float32), np.zeros((0, 0), bool), config)
+        except tf.errors.InternalError as error:
+            print("op:", error.message)
+        print("alive")
+    """)
+    assert "launcher: gru_forward failed inside its compiled core" in out
+    assert "FastrnnGRUForward: the kernel raised an exception" in out.split("op:")[1]
+    assert out.strip().endswith("alive")
+    assert "negative dimensions" in err  # Numba printed the core's own exception

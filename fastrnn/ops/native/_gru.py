@@ -3,7 +3,8 @@
 import numpy as np
 from numba import carray, cfunc
 
-from fastrnn.kernels._cpu_common import copy_2d, prepare
+from fastrnn.kernels import _abi
+from fastrnn.kernels._cpu_common import copy_2d, run_prepare
 from fastrnn.kernels.gru import cpu as gru_cpu
 
 from .. import _capi
@@ -16,15 +17,17 @@ from .._capi import (
     TF_INT32,
     TF_TensorData,
     TF_TensorType,
-    allocate,
+    allocate_outputs,
     blas_enter,
     blas_leave,
     delete_tensors,
     fail,
     get_inputs,
+    layout_scratch,
     messages,
     set_output_shapes,
     shape_is,
+    zero_tensor,
 )
 from . import packed, recurrence
 
@@ -89,9 +92,13 @@ def _gru_backward_shapes(ictx, status):
     set_output_shapes(ictx, status, _GRU_BACKWARD_SHAPES)
 
 
+_FORWARD_RANKS = np.array([3, 2, 3, 3, 3], np.int64)  # out, h_last, gates, extra, states
+
+
 def _gru_kernels(dtype):
     """(forward, backward) cfuncs of the GRU ops for one dtype."""
     gru_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
+    _abi.ensure("prepare", dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _GRU_FORWARD_ERRORS, _GRU_BACKWARD_ERRORS
@@ -102,6 +109,7 @@ def _gru_kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(7, np.intp)
         outputs = np.zeros(5, np.intp)
+        temps = np.zeros(4, np.intp)
         dims = np.zeros((7, MAX_DIMS), np.int64)
         ranks = np.zeros(7, np.int64)
         error = -1
@@ -132,45 +140,43 @@ def _gru_kernels(dtype):
             elif time == 0:
                 error = 8
         if error < 0:
+            rows = 2 if reset_after else 1
             shapes = np.zeros((5, 3), np.int64)
             shapes[0, 0], shapes[0, 1], shapes[0, 2] = batch, time, units
             shapes[1, 0], shapes[1, 1] = batch, units
             shapes[2, 0], shapes[2, 1], shapes[2, 2] = time, batch, 3 * units
             shapes[3, 0], shapes[3, 1], shapes[3, 2] = time, batch, units
             shapes[4, 0], shapes[4, 1], shapes[4, 2] = time + 1, batch, units
-            for i in range(5):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], 2 if i == 1 else 3, status)
-                if outputs[i] == 0:
-                    error = 9
-                    break
+            if not (allocate_outputs(ctx, status, code, size, shapes, _FORWARD_RANKS, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time, inputs,
+                                       0 if has_bias else rows * 3 * units, temps)):
+                error = 9
         if error < 0 and batch > 0:
             x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
             h0 = carray(TF_TensorData(tensors[1]), (batch, units), dtype)
             kernel = carray(TF_TensorData(tensors[2]), (inputs, 3 * units), dtype)
             recurrent = carray(TF_TensorData(tensors[3]), (units, 3 * units), dtype)
-            rows = 2 if reset_after else 1
             if has_bias:
                 bias = carray(TF_TensorData(tensors[4]), (rows, 3 * units), dtype)
-            else:
-                bias = np.zeros((rows, 3 * units), dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[5]), (batch, time), np.bool_)
-            out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
-            h_last = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            gates = carray(TF_TensorData(outputs[2]), (time, batch, 3 * units), dtype)
-            extra = carray(TF_TensorData(outputs[3]), (time, batch, units), dtype)
-            states = carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype)
-            try:
-                gru_cpu.run_forward(
+            else:  # zeros
+                bias = carray(TF_TensorData(temps[3]), (rows, 3 * units), dtype)
+            mask = carray(TF_TensorData(tensors[5]), (batch if has_mask else 0,
+                                                      time if has_mask else 0), np.bool_)
+            if not gru_cpu.run_forward(
                     x, h0, kernel, recurrent, bias, mask, has_mask, reset_after, config[1] != 0,
-                    np.int64(config[2]), np.int64(config[3]), config[6] != 0, out, h_last,
-                    np.empty((time, batch, inputs), dtype), gates, extra, states,
-                    np.empty((time, batch), np.bool_), np.empty(batch, np.int64))
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+                    np.int64(config[2]), np.int64(config[3]), config[6] != 0,
+                    carray(TF_TensorData(outputs[0]), (batch, time, units), dtype),
+                    carray(TF_TensorData(outputs[1]), (batch, units), dtype),
+                    carray(TF_TensorData(temps[0]), (time, batch, inputs), dtype),
+                    carray(TF_TensorData(outputs[2]), (time, batch, 3 * units), dtype),
+                    carray(TF_TensorData(outputs[3]), (time, batch, units), dtype),
+                    carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype),
+                    carray(TF_TensorData(temps[1]), (time, batch), np.bool_),
+                    carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 10
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= 9 else INVALID_ARGUMENT, errors_f, error)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
@@ -182,6 +188,7 @@ def _gru_kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(10, np.intp)
         outputs = np.zeros(5, np.intp)
+        temps = np.zeros(4, np.intp)
         dims = np.zeros((10, MAX_DIMS), np.int64)
         ranks = np.zeros(10, np.int64)
         error = -1
@@ -224,50 +231,43 @@ def _gru_kernels(dtype):
                 shapes[4, 0], shapes[4, 1], out_ranks[4] = 2, 3 * units, 2
             else:
                 shapes[4, 0], out_ranks[4] = 3 * units, 1
-            for i in range(5):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
-                if outputs[i] == 0:
-                    error = 7
-                    break
-        if error < 0:
-            d_kernel = carray(TF_TensorData(outputs[2]), (inputs, 3 * units), dtype)
-            d_recurrent = carray(TF_TensorData(outputs[3]), (units, 3 * units), dtype)
-            if has_bias:
-                d_bias = carray(TF_TensorData(outputs[4]), (rows, 3 * units), dtype)
-            else:
-                d_bias = np.empty((rows, 3 * units), dtype)
-            if batch == 0:
-                d_kernel[:] = 0.0
-                d_recurrent[:] = 0.0
-                d_bias[:] = 0.0
+            if not (allocate_outputs(ctx, status, code, size, shapes, out_ranks, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time, inputs,
+                                       0 if has_bias else rows * 3 * units, temps)):
+                error = 7
+        if error < 0 and batch == 0:  # no rows: the weight gradients are zeros
+            for i in range(2, 5):
+                zero_tensor(outputs[i], shapes[i, 0] * max(1, shapes[i, 1]) * size)
         if error < 0 and batch > 0:
+            d_bias_tensor = outputs[4] if has_bias else temps[3]
             x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            kernel = carray(TF_TensorData(tensors[1]), (inputs, 3 * units), dtype)
-            recurrent = carray(TF_TensorData(tensors[2]), (units, 3 * units), dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[3]), (batch, time), np.bool_)
-            gates = carray(TF_TensorData(tensors[5]), (time, batch, 3 * units), dtype)
-            extra = carray(TF_TensorData(tensors[6]), (time, batch, units), dtype)
-            states = carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype)
-            d_out = carray(TF_TensorData(tensors[8]), (batch, time, units), dtype)
+            mask = carray(TF_TensorData(tensors[3]), (batch if has_mask else 0,
+                                                      time if has_mask else 0), np.bool_)
+            x_tm = carray(TF_TensorData(temps[0]), (time, batch, inputs), dtype)
+            mask_tm = carray(TF_TensorData(temps[1]), (time, batch), np.bool_)
+            first = carray(TF_TensorData(temps[2]), batch, np.int64)
             dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
             copy_2d(dh, carray(TF_TensorData(tensors[9]), (batch, units), dtype))
-            dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
             go_backwards = config[1] != 0
-            try:
-                x_tm = np.empty((time, batch, inputs), dtype)
-                mask_tm = np.empty((time, batch), np.bool_)
-                first = np.empty(batch, np.int64)
-                prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
-                gru_cpu.run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent,
-                                      d_out, dh, reset_after, go_backwards, np.int64(config[2]),
-                                      np.int64(config[3]),
-                                      config[6] != 0, dx, d_kernel, d_recurrent, d_bias)
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            if not (run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+                    and gru_cpu.run_backward(
+                        x_tm, carray(TF_TensorData(tensors[5]), (time, batch, 3 * units), dtype),
+                        carray(TF_TensorData(tensors[6]), (time, batch, units), dtype),
+                        carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype),
+                        mask_tm, first,
+                        carray(TF_TensorData(tensors[1]), (inputs, 3 * units), dtype),
+                        carray(TF_TensorData(tensors[2]), (units, 3 * units), dtype),
+                        carray(TF_TensorData(tensors[8]), (batch, time, units), dtype), dh,
+                        reset_after, go_backwards, np.int64(config[2]), np.int64(config[3]),
+                        config[6] != 0,
+                        carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype),
+                        carray(TF_TensorData(outputs[2]), (inputs, 3 * units), dtype),
+                        carray(TF_TensorData(outputs[3]), (units, 3 * units), dtype),
+                        carray(TF_TensorData(d_bias_tensor), (rows, 3 * units), dtype))):
                 error = 8
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= 7 else INVALID_ARGUMENT, errors_b, error)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)

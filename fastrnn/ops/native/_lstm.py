@@ -3,7 +3,8 @@
 import numpy as np
 from numba import carray, cfunc
 
-from fastrnn.kernels._cpu_common import prepare, steps_per_block
+from fastrnn.kernels import _abi
+from fastrnn.kernels._cpu_common import copy_2d, run_prepare, steps_per_block
 from fastrnn.kernels.lstm import cpu as lstm_cpu
 
 from .. import _capi
@@ -16,15 +17,18 @@ from .._capi import (
     TF_INT32,
     TF_TensorData,
     TF_TensorType,
-    allocate,
+    allocate_outputs,
+    allocate_scratch,
     blas_enter,
     blas_leave,
     delete_tensors,
     fail,
     get_inputs,
+    layout_scratch,
     messages,
     set_output_shapes,
     shape_is,
+    zero_tensor,
 )
 from . import packed, recurrence
 
@@ -97,8 +101,13 @@ def _backward_shapes(ictx, status):
     set_output_shapes(ictx, status, _BACKWARD_SHAPES)
 
 
+_WORK_RANKS = np.array([3, 3], np.int64)  # the backward's dz and dx_tm scratch
+
+
 def _lstm_kernels(dtype):
     """(forward, backward) cfuncs of the LSTM ops for one dtype."""
+    lstm_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
+    _abi.ensure("prepare", dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -110,6 +119,7 @@ def _lstm_kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(8, np.intp)
         outputs = np.zeros(7, np.intp)
+        temps = np.zeros(4, np.intp)
         dims = np.zeros((8, MAX_DIMS), np.int64)
         ranks = np.zeros(8, np.int64)
         error = -1
@@ -155,41 +165,37 @@ def _lstm_kernels(dtype):
             for i in (4, 5):
                 shapes[i, 0], shapes[i, 1], shapes[i, 2] = time + 1, batch, units
             shapes[6, 0], shapes[6, 1], shapes[6, 2] = time, batch, units
-            for i in range(7):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
-                if outputs[i] == 0:
-                    error = 10
-                    break
+            if not (allocate_outputs(ctx, status, code, size, shapes, out_ranks, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time, inputs,
+                                       0 if has_bias else 4 * units, temps)):
+                error = 10
         if error < 0 and batch > 0:
-            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            h0 = carray(TF_TensorData(tensors[1]), (batch, units), dtype)
-            c0 = carray(TF_TensorData(tensors[2]), (batch, units), dtype)
-            kernel = carray(TF_TensorData(tensors[3]), (inputs, 4 * units), dtype)
-            recurrent = carray(TF_TensorData(tensors[4]), (units, 4 * units), dtype)
-            if has_bias:
-                bias = carray(TF_TensorData(tensors[5]), 4 * units, dtype)
-            else:
-                bias = np.zeros(4 * units, dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[6]), (batch, time), np.bool_)
-            out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
-            h_last = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            c_last = carray(TF_TensorData(outputs[2]), (batch, units), dtype)
-            gates = carray(TF_TensorData(outputs[3]), (time, batch, 4 * units), dtype)
-            h_states = carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype)
-            c_states = carray(TF_TensorData(outputs[5]), (time + 1, batch, units), dtype)
-            tanh_c = carray(TF_TensorData(outputs[6]), (time, batch, units), dtype)
-            try:
-                lstm_cpu.forward_core(
-                    x, h0, c0, kernel, recurrent, bias, mask, has_mask, config[0] != 0,
-                    np.int64(config[1]), np.int64(config[2]), config[5] != 0, out, h_last,
-                    c_last, np.empty((time, batch, inputs), dtype), gates, h_states, c_states,
-                    tanh_c, np.empty((time, batch), np.bool_), np.empty(batch, np.int64))
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            bias_tensor = tensors[5] if has_bias else temps[3]  # zeros without a bias
+            if not lstm_cpu.run_forward(
+                    carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype),
+                    carray(TF_TensorData(tensors[1]), (batch, units), dtype),
+                    carray(TF_TensorData(tensors[2]), (batch, units), dtype),
+                    carray(TF_TensorData(tensors[3]), (inputs, 4 * units), dtype),
+                    carray(TF_TensorData(tensors[4]), (units, 4 * units), dtype),
+                    carray(TF_TensorData(bias_tensor), 4 * units, dtype),
+                    carray(TF_TensorData(tensors[6]), (batch if has_mask else 0,
+                                                       time if has_mask else 0), np.bool_),
+                    has_mask, config[0] != 0, np.int64(config[1]), np.int64(config[2]),
+                    config[5] != 0,
+                    carray(TF_TensorData(outputs[0]), (batch, time, units), dtype),
+                    carray(TF_TensorData(outputs[1]), (batch, units), dtype),
+                    carray(TF_TensorData(outputs[2]), (batch, units), dtype),
+                    carray(TF_TensorData(temps[0]), (time, batch, inputs), dtype),
+                    carray(TF_TensorData(outputs[3]), (time, batch, 4 * units), dtype),
+                    carray(TF_TensorData(outputs[4]), (time + 1, batch, units), dtype),
+                    carray(TF_TensorData(outputs[5]), (time + 1, batch, units), dtype),
+                    carray(TF_TensorData(outputs[6]), (time, batch, units), dtype),
+                    carray(TF_TensorData(temps[1]), (time, batch), np.bool_),
+                    carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 11
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= 10 else INVALID_ARGUMENT, errors_f, error)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
@@ -201,6 +207,8 @@ def _lstm_kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(12, np.intp)
         outputs = np.zeros(6, np.intp)
+        temps = np.zeros(4, np.intp)
+        work = np.zeros(2, np.intp)
         dims = np.zeros((12, MAX_DIMS), np.int64)
         ranks = np.zeros(12, np.int64)
         error = -1
@@ -247,60 +255,56 @@ def _lstm_kernels(dtype):
             shapes[3, 0], shapes[3, 1] = inputs, 4 * units
             shapes[4, 0], shapes[4, 1] = units, 4 * units
             shapes[5, 0], out_ranks[5] = 4 * units if has_bias else 0, 1
-            for i in range(6):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
-                if outputs[i] == 0:
-                    error = 8
-                    break
-        if error < 0:
-            d_kernel = carray(TF_TensorData(outputs[3]), (inputs, 4 * units), dtype)
-            d_recurrent = carray(TF_TensorData(outputs[4]), (units, 4 * units), dtype)
-            if has_bias:
-                d_bias = carray(TF_TensorData(outputs[5]), 4 * units, dtype)
-            else:
-                d_bias = np.empty(4 * units, dtype)
-            if batch == 0:
-                d_kernel[:] = 0.0
-                d_recurrent[:] = 0.0
-                d_bias[:] = 0.0
+            steps = steps_per_block(batch * 4 * units * size, time)
+            work_shapes = np.zeros((2, 3), np.int64)
+            work_shapes[0, 0], work_shapes[0, 1], work_shapes[0, 2] = steps, batch, 4 * units
+            work_shapes[1, 0], work_shapes[1, 1], work_shapes[1, 2] = time, batch, inputs
+            work_codes = np.zeros(2, np.int32)
+            work_codes[0], work_codes[1] = code, code
+            if not (allocate_outputs(ctx, status, code, size, shapes, out_ranks, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time, inputs,
+                                       0 if has_bias else 4 * units, temps)
+                    and allocate_scratch(ctx, status, work_codes, work_shapes, _WORK_RANKS, work)):
+                error = 8
+        if error < 0 and batch == 0:  # no rows: the weight gradients are zeros
+            zero_tensor(outputs[3], inputs * 4 * units * size)
+            zero_tensor(outputs[4], units * 4 * units * size)
+            zero_tensor(outputs[5], shapes[5, 0] * size)
         if error < 0 and batch > 0:
             x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            kernel = carray(TF_TensorData(tensors[1]), (inputs, 4 * units), dtype)
-            recurrent = carray(TF_TensorData(tensors[2]), (units, 4 * units), dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[3]), (batch, time), np.bool_)
-            gates = carray(TF_TensorData(tensors[5]), (time, batch, 4 * units), dtype)
-            h_states = carray(TF_TensorData(tensors[6]), (time + 1, batch, units), dtype)
-            c_states = carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype)
-            tanh_c = carray(TF_TensorData(tensors[8]), (time, batch, units), dtype)
-            d_out = carray(TF_TensorData(tensors[9]), (batch, time, units), dtype)
+            mask = carray(TF_TensorData(tensors[3]), (batch if has_mask else 0,
+                                                      time if has_mask else 0), np.bool_)
+            x_tm = carray(TF_TensorData(temps[0]), (time, batch, inputs), dtype)
+            mask_tm = carray(TF_TensorData(temps[1]), (time, batch), np.bool_)
+            first = carray(TF_TensorData(temps[2]), batch, np.int64)
             dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
             dc = carray(TF_TensorData(outputs[2]), (batch, units), dtype)
-            d_h_last = carray(TF_TensorData(tensors[10]), (batch, units), dtype)
-            d_c_last = carray(TF_TensorData(tensors[11]), (batch, units), dtype)
-            for i in range(batch):  # not dh[:] = ...: see kernels/lstm/cpu.py _copy_rows
-                for j in range(units):
-                    dh[i, j] = d_h_last[i, j]
-                    dc[i, j] = d_c_last[i, j]
-            dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
+            copy_2d(dh, carray(TF_TensorData(tensors[10]), (batch, units), dtype))
+            copy_2d(dc, carray(TF_TensorData(tensors[11]), (batch, units), dtype))
             go_backwards = config[0] != 0
-            try:
-                x_tm = np.empty((time, batch, inputs), dtype)
-                mask_tm = np.empty((time, batch), np.bool_)
-                first = np.empty(batch, np.int64)
-                prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
-                steps = steps_per_block(batch * 4 * units * size, time)
-                lstm_cpu.backward_core(
-                    x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel, recurrent,
-                    d_out, dh, dc, go_backwards, np.int64(config[1]), np.int64(config[2]),
-                    config[5] != 0, dx, d_kernel, d_recurrent, d_bias,
-                    np.empty((steps, batch, 4 * units), dtype),
-                    np.empty((time, batch, inputs), dtype))
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            d_bias_tensor = outputs[5] if has_bias else temps[3]
+            if not (run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+                    and lstm_cpu.run_backward(
+                        x_tm, carray(TF_TensorData(tensors[5]), (time, batch, 4 * units), dtype),
+                        carray(TF_TensorData(tensors[6]), (time + 1, batch, units), dtype),
+                        carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype),
+                        carray(TF_TensorData(tensors[8]), (time, batch, units), dtype),
+                        mask_tm, first,
+                        carray(TF_TensorData(tensors[1]), (inputs, 4 * units), dtype),
+                        carray(TF_TensorData(tensors[2]), (units, 4 * units), dtype),
+                        carray(TF_TensorData(tensors[9]), (batch, time, units), dtype), dh, dc,
+                        go_backwards, np.int64(config[1]), np.int64(config[2]), config[5] != 0,
+                        carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype),
+                        carray(TF_TensorData(outputs[3]), (inputs, 4 * units), dtype),
+                        carray(TF_TensorData(outputs[4]), (units, 4 * units), dtype),
+                        carray(TF_TensorData(d_bias_tensor), 4 * units, dtype),
+                        carray(TF_TensorData(work[0]), (steps, batch, 4 * units), dtype),
+                        carray(TF_TensorData(work[1]), (time, batch, inputs), dtype))):
                 error = 9
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= 8 else INVALID_ARGUMENT, errors_b, error)
+        delete_tensors(work)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)

@@ -3,7 +3,8 @@
 import numpy as np
 from numba import carray, cfunc
 
-from fastrnn.kernels._cpu_common import prepare
+from fastrnn.kernels import _abi
+from fastrnn.kernels._cpu_common import copy_2d, run_prepare
 from fastrnn.kernels.simple_rnn import cpu as simple_rnn_cpu
 
 from .. import _capi
@@ -16,15 +17,17 @@ from .._capi import (
     TF_INT32,
     TF_TensorData,
     TF_TensorType,
-    allocate,
+    allocate_outputs,
     blas_enter,
     blas_leave,
     delete_tensors,
     fail,
     get_inputs,
+    layout_scratch,
     messages,
     set_output_shapes,
     shape_is,
+    zero_tensor,
 )
 from . import packed, recurrence
 
@@ -94,8 +97,13 @@ def _backward_shapes(ictx, status):
     set_output_shapes(ictx, status, _BACKWARD_SHAPES)
 
 
+_FORWARD_RANKS = np.array([3, 2, 3], np.int64)  # out, h_last, states
+
+
 def kernels(dtype):
     """(forward, backward) cfuncs of the SimpleRNN ops for one dtype."""
+    simple_rnn_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
+    _abi.ensure("prepare", dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -107,6 +115,7 @@ def kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(8, np.intp)
         outputs = np.zeros(3, np.intp)
+        temps = np.zeros(4, np.intp)
         dims = np.zeros((8, MAX_DIMS), np.int64)
         ranks = np.zeros(8, np.int64)
         error = -1
@@ -146,39 +155,34 @@ def kernels(dtype):
             shapes[0, 0], shapes[0, 1], shapes[0, 2] = batch, time, units
             shapes[1, 0], shapes[1, 1] = batch, units
             shapes[2, 0], shapes[2, 1], shapes[2, 2] = time + 1, batch, units
-            for i in range(3):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], 2 if i == 1 else 3, status)
-                if outputs[i] == 0:
-                    error = 10
-                    break
+            if not (allocate_outputs(ctx, status, code, size, shapes, _FORWARD_RANKS, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time, inputs,
+                                       0 if has_bias else units, temps)):
+                error = 10
         if error < 0 and batch > 0:
-            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            h0 = carray(TF_TensorData(tensors[1]), (batch, units), dtype)
-            kernel = carray(TF_TensorData(tensors[2]), (inputs, units), dtype)
-            recurrent = carray(TF_TensorData(tensors[3]), (units, units), dtype)
-            if has_bias:
-                bias = carray(TF_TensorData(tensors[4]), units, dtype)
-            else:
-                bias = np.zeros(units, dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[5]), (batch, time), np.bool_)
-            rmask = np.zeros((0, 0), dtype)
-            if has_rmask:
-                rmask = carray(TF_TensorData(tensors[6]), (batch, units), dtype)
-            out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
-            h_last = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            states = carray(TF_TensorData(outputs[2]), (time + 1, batch, units), dtype)
-            try:
-                simple_rnn_cpu.forward_core(
-                    x, h0, kernel, recurrent, bias, mask, has_mask, config[0] != 0,
-                    np.int64(config[1]), rmask, config[5] != 0, out, h_last,
-                    np.empty((time, batch, inputs), dtype), states,
-                    np.empty((time, batch), np.bool_), np.empty(batch, np.int64))
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            bias_tensor = tensors[4] if has_bias else temps[3]  # zeros without a bias
+            if not simple_rnn_cpu.run_forward(
+                    carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype),
+                    carray(TF_TensorData(tensors[1]), (batch, units), dtype),
+                    carray(TF_TensorData(tensors[2]), (inputs, units), dtype),
+                    carray(TF_TensorData(tensors[3]), (units, units), dtype),
+                    carray(TF_TensorData(bias_tensor), units, dtype),
+                    carray(TF_TensorData(tensors[5]), (batch if has_mask else 0,
+                                                       time if has_mask else 0), np.bool_),
+                    has_mask, config[0] != 0, np.int64(config[1]),
+                    carray(TF_TensorData(tensors[6]), (batch if has_rmask else 0,
+                                                       units if has_rmask else 0), dtype),
+                    config[5] != 0,
+                    carray(TF_TensorData(outputs[0]), (batch, time, units), dtype),
+                    carray(TF_TensorData(outputs[1]), (batch, units), dtype),
+                    carray(TF_TensorData(temps[0]), (time, batch, inputs), dtype),
+                    carray(TF_TensorData(outputs[2]), (time + 1, batch, units), dtype),
+                    carray(TF_TensorData(temps[1]), (time, batch), np.bool_),
+                    carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 11
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= 10 else INVALID_ARGUMENT, errors_f, error)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
@@ -190,6 +194,7 @@ def kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(9, np.intp)
         outputs = np.zeros(5, np.intp)
+        temps = np.zeros(4, np.intp)
         dims = np.zeros((9, MAX_DIMS), np.int64)
         ranks = np.zeros(9, np.int64)
         error = -1
@@ -230,54 +235,43 @@ def kernels(dtype):
             shapes[2, 0], shapes[2, 1], out_ranks[2] = inputs, units, 2
             shapes[3, 0], shapes[3, 1], out_ranks[3] = units, units, 2
             shapes[4, 0], out_ranks[4] = units if has_bias else 0, 1
-            for i in range(5):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
-                if outputs[i] == 0:
-                    error = 9
-                    break
-        if error < 0:
-            d_kernel = carray(TF_TensorData(outputs[2]), (inputs, units), dtype)
-            d_recurrent = carray(TF_TensorData(outputs[3]), (units, units), dtype)
-            if has_bias:
-                d_bias = carray(TF_TensorData(outputs[4]), units, dtype)
-            else:
-                d_bias = np.empty(units, dtype)
-            if batch == 0:
-                d_kernel[:] = 0.0
-                d_recurrent[:] = 0.0
-                d_bias[:] = 0.0
+            if not (allocate_outputs(ctx, status, code, size, shapes, out_ranks, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time, inputs,
+                                       0 if has_bias else units, temps)):
+                error = 9
+        if error < 0 and batch == 0:  # no rows: the weight gradients are zeros
+            zero_tensor(outputs[2], inputs * units * size)
+            zero_tensor(outputs[3], units * units * size)
+            zero_tensor(outputs[4], shapes[4, 0] * size)
         if error < 0 and batch > 0:
             x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            kernel = carray(TF_TensorData(tensors[1]), (inputs, units), dtype)
-            recurrent = carray(TF_TensorData(tensors[2]), (units, units), dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[3]), (batch, time), np.bool_)
-            rmask = np.zeros((0, 0), dtype)
-            if has_rmask:
-                rmask = carray(TF_TensorData(tensors[4]), (batch, units), dtype)
-            states = carray(TF_TensorData(tensors[6]), (time + 1, batch, units), dtype)
-            d_out = carray(TF_TensorData(tensors[7]), (batch, time, units), dtype)
+            mask = carray(TF_TensorData(tensors[3]), (batch if has_mask else 0,
+                                                      time if has_mask else 0), np.bool_)
+            x_tm = carray(TF_TensorData(temps[0]), (time, batch, inputs), dtype)
+            mask_tm = carray(TF_TensorData(temps[1]), (time, batch), np.bool_)
+            first = carray(TF_TensorData(temps[2]), batch, np.int64)
             dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            d_h_last = carray(TF_TensorData(tensors[8]), (batch, units), dtype)
-            for i in range(batch):  # element loops: see simple_rnn.cpu.forward_core
-                for j in range(units):
-                    dh[i, j] = d_h_last[i, j]
-            dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
+            copy_2d(dh, carray(TF_TensorData(tensors[8]), (batch, units), dtype))
             go_backwards = config[0] != 0
-            try:
-                x_tm = np.empty((time, batch, inputs), dtype)
-                mask_tm = np.empty((time, batch), np.bool_)
-                first = np.empty(batch, np.int64)
-                prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
-                simple_rnn_cpu.backward_core(
-                    x_tm, states, mask_tm, first, kernel, recurrent, rmask, d_out, dh,
-                    go_backwards, np.int64(config[1]), config[5] != 0, dx, d_kernel, d_recurrent,
-                    d_bias)
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            d_bias_tensor = outputs[4] if has_bias else temps[3]
+            if not (run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
+                    and simple_rnn_cpu.run_backward(
+                        x_tm, carray(TF_TensorData(tensors[6]), (time + 1, batch, units), dtype),
+                        mask_tm, first,
+                        carray(TF_TensorData(tensors[1]), (inputs, units), dtype),
+                        carray(TF_TensorData(tensors[2]), (units, units), dtype),
+                        carray(TF_TensorData(tensors[4]), (batch if has_rmask else 0,
+                                                           units if has_rmask else 0), dtype),
+                        carray(TF_TensorData(tensors[7]), (batch, time, units), dtype), dh,
+                        go_backwards, np.int64(config[1]), config[5] != 0,
+                        carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype),
+                        carray(TF_TensorData(outputs[2]), (inputs, units), dtype),
+                        carray(TF_TensorData(outputs[3]), (units, units), dtype),
+                        carray(TF_TensorData(d_bias_tensor), units, dtype))):
                 error = 10
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= 9 else INVALID_ARGUMENT, errors_b, error)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
