@@ -150,17 +150,30 @@ def _static_batch(x):
     return x.shape[0] if x.shape.rank is not None else None
 
 
+# A call splits into one op per core from a quarter of the direct kernels' SMALL_WORK
+# (kernels._parts.work): where they stop holding OpenBLAS at one thread
+# (ONE_THREAD_WORK). An op holds the BLAS at one thread, so a second op is its only
+# way onto a second core. Training steps measured here (2-core EPYC, float32,
+# Input -> layer -> Dense(1), medians of interleaved runs, one op against two):
+# SimpleRNN(150) B128 T17 I100 (work 0.61 SMALL_WORK) 9.3-10.3 against 6.6-8.1 ms
+# (Keras 7.3-8.5: one op was slower than Keras), B64 (0.30) 5.0-5.8 against 4.4-4.6,
+# B32 (0.15) 3.8-4.1 against 3.3-3.4; but LSTM(45) B32 T15 I1 (0.12) 2.1-2.3 against
+# 2.4-2.5 ms, its 16-row parts too small for the per-step product.
+SPLIT_FRACTION = 4
+
+
 def plan_parts(x, width, max_parts):
-    """How many batch parts a call on x splits into (1 unless the batch is known
-    statically and the work is large: kernels._parts)."""
+    """How many batch parts a call on x splits into: 1 unless the batch is known
+    statically and the work is at least SMALL_WORK / SPLIT_FRACTION; then one per
+    core (max_parts), each with at least kernels._parts.MIN_ROWS rows."""
     from fastrnn.kernels import _parts
 
     batch, time, features = (x.shape.as_list() + [None] * 3)[:3]
     if None in (batch, time, features) or max_parts < 2:
         return 1
-    if _parts.work(batch, time, features, width) < _parts.SMALL_WORK:
+    if _parts.work(batch, time, features, width) < _parts.SMALL_WORK // SPLIT_FRACTION:
         return 1
-    return _parts.plan(batch, time, features, width, max_parts)
+    return max(1, min(max_parts, batch // _parts.MIN_ROWS))
 
 
 @_plain
