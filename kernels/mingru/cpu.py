@@ -22,8 +22,9 @@ B16 T1024 I64 H128 38.9 ms unsplit against 27.3 ms split, B64 T100 I128 H256
 threads fighting over 2 cores: 6.7 ms against 2.4 ms at B16 T1024 H128.)
 
 The sequential method is one nopython core per direction (forward_core,
-backward_core) doing the whole call on preallocated arrays: the launchers
-validate, allocate and call it, and so do the TensorFlow ops' kernels
+backward_core) doing the whole call on preallocated arrays, compiled once per
+dtype as a cfunc called by name (kernels._abi, run_forward / run_backward): the
+launchers validate, allocate and call it, and so do the TensorFlow ops' kernels
 (fastrnn/ops/native/_mingru.py), where it is the method: on one core it was the
 fastest (float32 forward+backward, one thread, medians of interleaved runs on a
 busy 2-core EPYC: B32 T15 I1 H45 0.10 ms against 0.11 unblocked and 0.27-0.33
@@ -44,12 +45,13 @@ it back, cost about 1 ms of 26 at B16 T1024 H128 forward + backward here.)
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, cfunc, njit, prange
 
-from .. import _parts, _pool
+from .. import _abi, _parts, _pool
 from .. import _validate as v
+from .._abi import put, view1, view2, view3
 from .._blas import gemm, gemm_tn
-from .._cpu_common import OPTIONS, jit, per_block, project, time_major_mask
+from .._cpu_common import OPTIONS, inline_jit, jit, per_block, project, time_major_mask
 from .._math import sigmoid as fast_sigmoid
 from ..scan.cpu import choose_method, run_scan
 
@@ -165,7 +167,7 @@ def rows_per_block(batch, time, width, itemsize):
 # + backward: 7.0 CPU s with the fused passes as functions of their own, 4.0 as now).
 
 
-@jit
+@inline_jit
 def forward_core(x, h0, kernel, bias, mask, has_mask, go_backwards, rows, x_p, gates, out,
                  h_last, mask_bt, first):
     """A whole sequential mingru_forward call on preallocated arrays (the launcher's
@@ -207,7 +209,7 @@ def forward_core(x, h0, kernel, bias, mask, has_mask, go_backwards, rows, x_p, g
                         o[j] = 0.0
 
 
-@jit
+@inline_jit
 def backward_core(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, rows, d_pre, dx,
                   d_kernel, d_bias):
     """A whole sequential mingru_backward call on preallocated arrays, a block of `rows`
@@ -254,6 +256,94 @@ def backward_core(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, r
         gemm_tn(x_p[r0:r1].reshape(n * time, inputs), dp2, d_kernel, r0 > 0)
     for j in range(width):
         d_bias[j] = d_b[j]
+
+
+# The cores compiled once per dtype, called by name (kernels._abi). Arrays take
+# _abi.SLOTS slots each (put / view); then the settings; then the done flag.
+_FORWARD_ARRAYS, _FORWARD_ARGS = 11, 11 * _abi.SLOTS + 3
+_BACKWARD_ARRAYS, _BACKWARD_ARGS = 11, 11 * _abi.SLOTS + 2
+
+
+def _forward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _FORWARD_ARGS + 1, np.int64)
+        s = _FORWARD_ARRAYS * _abi.SLOTS
+        forward_core(view3(a, 0, dtype), view2(a, 4, dtype), view2(a, 8, dtype),
+                     view1(a, 12, dtype), view2(a, 16, np.bool_), a[s] != 0, a[s + 1] != 0,
+                     a[s + 2], view3(a, 20, dtype), view3(a, 24, dtype), view3(a, 28, dtype),
+                     view2(a, 32, dtype), view2(a, 36, np.bool_), view1(a, 40, np.int64))
+        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+def _backward_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, _BACKWARD_ARGS + 1, np.int64)
+        s = _BACKWARD_ARRAYS * _abi.SLOTS
+        backward_core(view3(a, 0, dtype), view3(a, 4, dtype), view2(a, 8, np.bool_),
+                      view1(a, 12, np.int64), view2(a, 16, dtype), view3(a, 20, dtype),
+                      view2(a, 24, dtype), a[s] != 0, a[s + 1], view3(a, 28, dtype),
+                      view3(a, 32, dtype), view2(a, 36, dtype), view1(a, 40, dtype))
+        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+_forward_by_name = _abi.register("mingru_forward", _forward_cfunc)
+_backward_by_name = _abi.register("mingru_backward", _backward_cfunc)
+
+
+@jit
+def run_forward(x, h0, kernel, bias, mask, has_mask, go_backwards, rows, x_p, gates, out, h_last,
+                mask_bt, first):
+    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.zeros(_FORWARD_ARGS + 1, np.int64)
+    put(a, 0, x)
+    put(a, 4, h0)
+    put(a, 8, kernel)
+    put(a, 12, bias)
+    put(a, 16, mask)
+    put(a, 20, x_p)
+    put(a, 24, gates)
+    put(a, 28, out)
+    put(a, 32, h_last)
+    put(a, 36, mask_bt)
+    put(a, 40, first)
+    s = _FORWARD_ARRAYS * _abi.SLOTS
+    a[s], a[s + 1], a[s + 2] = has_mask, go_backwards, rows
+    return _forward_by_name(x, a)
+
+
+@jit
+def run_backward(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, rows, d_pre, dx,
+                 d_kernel, d_bias):
+    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    Returns whether it finished (False: it raised, and Numba printed the error)."""
+    a = np.zeros(_BACKWARD_ARGS + 1, np.int64)
+    put(a, 0, x_p)
+    put(a, 4, gates)
+    put(a, 8, mask_bt)
+    put(a, 12, first)
+    put(a, 16, kernel)
+    put(a, 20, d_out)
+    put(a, 24, dh)
+    put(a, 28, d_pre)
+    put(a, 32, dx)
+    put(a, 36, d_kernel)
+    put(a, 40, d_bias)
+    s = _BACKWARD_ARRAYS * _abi.SLOTS
+    a[s], a[s + 1] = go_backwards, rows
+    return _backward_by_name(dh, a)
+
+
+def prepare_cores(dtype):
+    """Compile (or load) and bind the minGRU cores for dtype, once per process."""
+    _abi.ensure("mingru_forward", dtype)
+    _abi.ensure("mingru_backward", dtype)
 
 
 @njit(parallel=True, **OPTIONS)
@@ -335,8 +425,10 @@ def mingru_forward(x, h0, kernel, bias, mask=None, go_backwards=False, *, method
         mask_bt = np.empty((batch, time), np.bool_)
         first = np.empty(batch, np.int64)
         rows = per_block(time * 2 * units * x.dtype.itemsize, batch, BLOCK_BYTES)
-        forward_core(x, h0, kernel, bias, _NO_MASK if mask is None else mask, mask is not None,
-                     bool(go_backwards), rows, x_p, gates, out, h_last, mask_bt, first)
+        prepare_cores(x.dtype)
+        _abi.finished(run_forward(
+            x, h0, kernel, bias, _NO_MASK if mask is None else mask, mask is not None,
+            bool(go_backwards), rows, x_p, gates, out, h_last, mask_bt, first), "mingru_forward")
         if not go_backwards:
             x_p = x
     else:
@@ -373,8 +465,10 @@ def mingru_backward(saved, d_out, d_h_last):
         dx = _pool.empty(saved.x_p.shape, dtype)
         d_kernel = _pool.empty(saved.kernel.shape, dtype)
         d_bias = np.empty(2 * units, dtype)
-        backward_core(saved.x_p, saved.gates, saved.mask_bt, saved.first, saved.kernel, d_out, dh,
-                      bool(saved.go_backwards), rows, d_pre, dx, d_kernel, d_bias)
+        prepare_cores(dtype)
+        _abi.finished(run_backward(
+            saved.x_p, saved.gates, saved.mask_bt, saved.first, saved.kernel, d_out, dh,
+            bool(saved.go_backwards), rows, d_pre, dx, d_kernel, d_bias), "mingru_backward")
         return dx, dh, d_kernel, d_bias if saved.has_bias else None
     # g_t = d_out_t (where it is the state) + a_{t+1} g_{t+1}, g_T = d_h_last.
     d_bias_rows = np.zeros((batch, 2 * units))

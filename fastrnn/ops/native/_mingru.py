@@ -10,6 +10,7 @@ batch (ops.native.recurrence).
 import numpy as np
 from numba import carray, cfunc
 
+from fastrnn.kernels._cpu_common import copy_2d
 from fastrnn.kernels.mingru import cpu as mingru_cpu
 
 from .. import _capi
@@ -22,15 +23,18 @@ from .._capi import (
     TF_INT32,
     TF_TensorData,
     TF_TensorType,
-    allocate,
+    allocate_outputs,
+    allocate_scratch,
     blas_enter,
     blas_leave,
     delete_tensors,
     fail,
     get_inputs,
+    layout_scratch,
     messages,
     set_output_shapes,
     shape_is,
+    zero_tensor,
 )
 from . import recurrence
 
@@ -92,8 +96,13 @@ def _backward_shapes(ictx, status):
     set_output_shapes(ictx, status, _BACKWARD_SHAPES)
 
 
+_FORWARD_RANKS = np.array([3, 2, 3], np.int64)  # out, h_last, gates
+_WORK_RANKS = np.array([3], np.int64)  # the backward's d_pre block
+
+
 def kernels(dtype):
     """(forward, backward) cfuncs of the minGRU ops for one dtype."""
+    mingru_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -104,6 +113,7 @@ def kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(6, np.intp)
         outputs = np.zeros(3, np.intp)
+        temps = np.zeros(4, np.intp)
         dims = np.zeros((6, MAX_DIMS), np.int64)
         ranks = np.zeros(6, np.int64)
         error = -1
@@ -135,36 +145,37 @@ def kernels(dtype):
             shapes[0, 0], shapes[0, 1], shapes[0, 2] = batch, time, units
             shapes[1, 0], shapes[1, 1] = batch, units
             shapes[2, 0], shapes[2, 1], shapes[2, 2] = batch, time, width
-            for i in range(3):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], 2 if i == 1 else 3, status)
-                if outputs[i] == 0:
-                    error = 8
-                    break
+            # Scratch: x_p [B, T, I] (x in processing order: only with go_backwards),
+            # mask_bt [B, T], first [B], zeros for no bias (layout_scratch's shapes,
+            # batch-major here).
+            if not (allocate_outputs(ctx, status, code, size, shapes, _FORWARD_RANKS, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time,
+                                       inputs if go_backwards else 0,
+                                       0 if has_bias else width, temps)):
+                error = 8
         if error < 0 and batch > 0:
-            x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            h0 = carray(TF_TensorData(tensors[1]), (batch, units), dtype)
-            kernel = carray(TF_TensorData(tensors[2]), (inputs, width), dtype)
-            if has_bias:
-                bias = carray(TF_TensorData(tensors[3]), width, dtype)
-            else:
-                bias = np.zeros(width, dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[4]), (batch, time), np.bool_)
-            out = carray(TF_TensorData(outputs[0]), (batch, time, units), dtype)
-            h_last = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            gates = carray(TF_TensorData(outputs[2]), (batch, time, width), dtype)
-            try:
-                x_p = np.empty((batch, time, inputs) if go_backwards else (0, 0, 0), dtype)
-                mingru_cpu.forward_core(
-                    x, h0, kernel, bias, mask, has_mask, go_backwards,
-                    mingru_cpu.rows_per_block(batch, time, width, size), x_p, gates, out, h_last,
-                    np.empty((batch, time), np.bool_), np.empty(batch, np.int64))
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            bias_tensor = tensors[3] if has_bias else temps[3]
+            rows_p = batch if go_backwards else 0
+            if not mingru_cpu.run_forward(
+                    carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype),
+                    carray(TF_TensorData(tensors[1]), (batch, units), dtype),
+                    carray(TF_TensorData(tensors[2]), (inputs, width), dtype),
+                    carray(TF_TensorData(bias_tensor), width, dtype),
+                    carray(TF_TensorData(tensors[4]), (batch if has_mask else 0,
+                                                       time if has_mask else 0), np.bool_),
+                    has_mask, go_backwards, mingru_cpu.rows_per_block(batch, time, width, size),
+                    carray(TF_TensorData(temps[0]), (rows_p, time if go_backwards else 0,
+                                                     inputs if go_backwards else 0), dtype),
+                    carray(TF_TensorData(outputs[2]), (batch, time, width), dtype),
+                    carray(TF_TensorData(outputs[0]), (batch, time, units), dtype),
+                    carray(TF_TensorData(outputs[1]), (batch, units), dtype),
+                    carray(TF_TensorData(temps[1]), (batch, time), np.bool_),
+                    carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 9
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= _FIRST_INTERNAL else INVALID_ARGUMENT,
                  errors_f, error)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
@@ -176,6 +187,8 @@ def kernels(dtype):
         status = _capi.TF_NewStatus()
         tensors = np.zeros(7, np.intp)
         outputs = np.zeros(4, np.intp)
+        temps = np.zeros(4, np.intp)
+        work = np.zeros(1, np.intp)
         dims = np.zeros((7, MAX_DIMS), np.int64)
         ranks = np.zeros(7, np.int64)
         error = -1
@@ -210,53 +223,50 @@ def kernels(dtype):
             shapes[1, 0], shapes[1, 1], out_ranks[1] = batch, units, 2
             shapes[2, 0], shapes[2, 1], out_ranks[2] = inputs, width, 2
             shapes[3, 0], out_ranks[3] = width if has_bias else 0, 1
-            for i in range(4):
-                outputs[i] = allocate(ctx, i, code, size, shapes[i], out_ranks[i], status)
-                if outputs[i] == 0:
-                    error = 8
-                    break
-        if error < 0:
-            d_kernel = carray(TF_TensorData(outputs[2]), (inputs, width), dtype)
-            if has_bias:
-                d_bias = carray(TF_TensorData(outputs[3]), width, dtype)
-            else:
-                d_bias = np.empty(width, dtype)
-            if batch == 0:
-                for i in range(inputs):
-                    for j in range(width):
-                        d_kernel[i, j] = 0.0
-                for j in range(width):
-                    d_bias[j] = 0.0
+            rows = mingru_cpu.rows_per_block(max(batch, 1), time, width, size)
+            work_shapes = np.zeros((1, 3), np.int64)
+            work_shapes[0, 0], work_shapes[0, 1], work_shapes[0, 2] = rows, time, width
+            work_codes = np.zeros(1, np.int32)
+            work_codes[0] = code
+            if not (allocate_outputs(ctx, status, code, size, shapes, out_ranks, outputs)
+                    and layout_scratch(ctx, status, code, size, batch, time,
+                                       inputs if go_backwards else 0,
+                                       0 if has_bias else width, temps)
+                    and allocate_scratch(ctx, status, work_codes, work_shapes, _WORK_RANKS, work)):
+                error = 8
+        if error < 0 and batch == 0:  # no rows: the weight gradients are zeros
+            zero_tensor(outputs[2], inputs * width * size)
+            zero_tensor(outputs[3], shapes[3, 0] * size)
         if error < 0 and batch > 0:
             x = carray(TF_TensorData(tensors[0]), (batch, time, inputs), dtype)
-            kernel = carray(TF_TensorData(tensors[1]), (inputs, width), dtype)
-            mask = np.ones((0, 0), np.bool_)
-            if has_mask:
-                mask = carray(TF_TensorData(tensors[2]), (batch, time), np.bool_)
-            gates = carray(TF_TensorData(tensors[4]), (batch, time, width), dtype)
-            d_out = carray(TF_TensorData(tensors[5]), (batch, time, units), dtype)
-            d_h_last = carray(TF_TensorData(tensors[6]), (batch, units), dtype)
-            dx = carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype)
+            mask = carray(TF_TensorData(tensors[2]), (batch if has_mask else 0,
+                                                      time if has_mask else 0), np.bool_)
+            x_p = carray(TF_TensorData(temps[0]), (batch if go_backwards else 0,
+                                                   time if go_backwards else 0,
+                                                   inputs if go_backwards else 0), dtype)
+            mask_bt = carray(TF_TensorData(temps[1]), (batch, time), np.bool_)
+            first = carray(TF_TensorData(temps[2]), batch, np.int64)
+            mingru_cpu.prepare(x, mask, has_mask, go_backwards, x_p, mask_bt, first)
+            if not go_backwards:
+                x_p = x
             dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
-            for b in range(batch):
-                for j in range(units):
-                    dh[b, j] = d_h_last[b, j]
-            try:
-                x_p = np.empty((batch, time, inputs) if go_backwards else (0, 0, 0), dtype)
-                mask_bt = np.empty((batch, time), np.bool_)
-                first = np.empty(batch, np.int64)
-                mingru_cpu.prepare(x, mask, has_mask, go_backwards, x_p, mask_bt, first)
-                if not go_backwards:
-                    x_p = x
-                rows = mingru_cpu.rows_per_block(batch, time, width, size)
-                mingru_cpu.backward_core(x_p, gates, mask_bt, first, kernel, d_out, dh,
-                                         go_backwards, rows, np.empty((rows, time, width), dtype),
-                                         dx, d_kernel, d_bias)
-            except Exception:  # noqa: BLE001 - every failure becomes a TF error
+            copy_2d(dh, carray(TF_TensorData(tensors[6]), (batch, units), dtype))
+            d_bias_tensor = outputs[3] if has_bias else temps[3]
+            if not mingru_cpu.run_backward(
+                    x_p, carray(TF_TensorData(tensors[4]), (batch, time, width), dtype), mask_bt,
+                    first, carray(TF_TensorData(tensors[1]), (inputs, width), dtype),
+                    carray(TF_TensorData(tensors[5]), (batch, time, units), dtype), dh,
+                    go_backwards, rows,
+                    carray(TF_TensorData(work[0]), (rows, time, width), dtype),
+                    carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype),
+                    carray(TF_TensorData(outputs[2]), (inputs, width), dtype),
+                    carray(TF_TensorData(d_bias_tensor), width, dtype)):
                 error = 9
         if error >= 0:
             fail(ctx, status, INTERNAL if error >= _FIRST_INTERNAL else INVALID_ARGUMENT,
                  errors_b, error)
+        delete_tensors(work)
+        delete_tensors(temps)
         delete_tensors(outputs)
         delete_tensors(tensors)
         _capi.TF_DeleteStatus(status)
