@@ -80,6 +80,21 @@ def register(name, factory):
     return call
 
 
+def register_cell(cell, forward_factory, backward_factory):
+    """Register a cell's two cores, `<cell>_forward` and `<cell>_backward`. Returns
+    (forward call, backward call, prepare_cores): see `register`; prepare_cores(dtype)
+    compiles (or loads) and binds both for dtype, once per process."""
+    forward = register(f"{cell}_forward", forward_factory)
+    backward = register(f"{cell}_backward", backward_factory)
+
+    def prepare_cores(dtype):
+        ensure(f"{cell}_forward", dtype)
+        ensure(f"{cell}_backward", dtype)
+
+    prepare_cores.__doc__ = f"Compile (or load) and bind the {cell} cores for dtype, once."
+    return forward, backward, prepare_cores
+
+
 def finished(ok, what):
     """Raise for a core that did not finish (`call` returned False): `what` names
     the kernel."""

@@ -18,7 +18,10 @@ them). Tested on TensorFlow 2.21 (Keras 3.15, Numba 0.68) on Linux x86-64.
 Kernel-side rules (see also ops/native.py):
 - a cfunc never lets a Numba exception escape (it would be printed and the op
   would return with its outputs unset): every failure is `fail(...)`, a TF
-  InvalidArgumentError (or Internal) that names the op and what was wrong;
+  InvalidArgumentError (or Internal) that names the op and what was wrong. The
+  kernels take their scratch from TensorFlow (`scratch`, `layout_scratch`:
+  TF_AllocateTemp) rather than NumPy, so nothing in them raises; the cores they
+  call by name report a failure through their done flag (kernels._abi);
 - messages are small global byte arrays, embedded in the compiled code as
   constants (a Python int holding an address would be frozen stale in the cache).
 """

@@ -398,8 +398,8 @@ def _backward_cfunc(dtype):
     return run
 
 
-_forward_by_name = _abi.register("gru_forward", _forward_cfunc)
-_backward_by_name = _abi.register("gru_backward", _backward_cfunc)
+_forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
+    "gru", _forward_cfunc, _backward_cfunc)
 
 
 @jit
@@ -431,11 +431,6 @@ def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_k
     a[19], a[20], a[21], a[22], a[23] = reset_after, go_backwards, act, ract, packed
     return _backward_by_name(dh, a)
 
-
-def prepare_cores(dtype):
-    """Compile (or load) and bind the GRU cores for dtype, once per process."""
-    _abi.ensure("gru_forward", dtype)
-    _abi.ensure("gru_backward", dtype)
 
 
 @dataclass(eq=False)

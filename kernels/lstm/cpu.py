@@ -242,8 +242,8 @@ def _backward_cfunc(dtype):
     return run
 
 
-_forward_by_name = _abi.register("lstm_forward", _forward_cfunc)
-_backward_by_name = _abi.register("lstm_backward", _backward_cfunc)
+_forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
+    "lstm", _forward_cfunc, _backward_cfunc)
 
 
 @jit
@@ -304,11 +304,6 @@ def run_backward(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel
     a[s], a[s + 1], a[s + 2], a[s + 3] = go_backwards, act, ract, packed
     return _backward_by_name(dh, a)
 
-
-def prepare_cores(dtype):
-    """Compile (or load) and bind the LSTM cores for dtype, once per process."""
-    _abi.ensure("lstm_forward", dtype)
-    _abi.ensure("lstm_backward", dtype)
 
 
 @dataclass(eq=False)

@@ -292,8 +292,8 @@ def _backward_cfunc(dtype):
     return run
 
 
-_forward_by_name = _abi.register("mingru_forward", _forward_cfunc)
-_backward_by_name = _abi.register("mingru_backward", _backward_cfunc)
+_forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
+    "mingru", _forward_cfunc, _backward_cfunc)
 
 
 @jit
@@ -339,11 +339,6 @@ def run_backward(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, ro
     a[s], a[s + 1] = go_backwards, rows
     return _backward_by_name(dh, a)
 
-
-def prepare_cores(dtype):
-    """Compile (or load) and bind the minGRU cores for dtype, once per process."""
-    _abi.ensure("mingru_forward", dtype)
-    _abi.ensure("mingru_backward", dtype)
 
 
 @njit(parallel=True, **OPTIONS)

@@ -239,8 +239,8 @@ def _backward_cfunc(dtype):
     return run
 
 
-_forward_by_name = _abi.register("simple_rnn_forward", _forward_cfunc)
-_backward_by_name = _abi.register("simple_rnn_backward", _backward_cfunc)
+_forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
+    "simple_rnn", _forward_cfunc, _backward_cfunc)
 
 
 @jit
@@ -290,11 +290,6 @@ def run_backward(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurre
     a[s], a[s + 1], a[s + 2] = go_backwards, act, packed
     return _backward_by_name(dh, a)
 
-
-def prepare_cores(dtype):
-    """Compile (or load) and bind the SimpleRNN cores for dtype, once per process."""
-    _abi.ensure("simple_rnn_forward", dtype)
-    _abi.ensure("simple_rnn_backward", dtype)
 
 
 @dataclass(eq=False)
