@@ -240,6 +240,20 @@ def delete_tensors(tensors):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def finish(ctx, status, error, first_internal, table, tensors, outputs, temps):
+    """The end of every op kernel: report failure `error` of `table` (none when it is
+    negative; INTERNAL from first_internal on, else INVALID_ARGUMENT), release the
+    input, output and scratch tensors and the status, and leave the BLAS hold."""
+    if error >= 0:
+        fail(ctx, status, INTERNAL if error >= first_internal else INVALID_ARGUMENT, table, error)
+    delete_tensors(temps)
+    delete_tensors(outputs)
+    delete_tensors(tensors)
+    TF_DeleteStatus(status)
+    blas_leave()
+
+
+@njit(cache=True, nogil=True, inline="always")
 def shape_is(dims, ranks, i, a, b, c):
     """Input i has shape [a, b, c][:rank] (-1: any size)."""
     expect = (a, b, c)

@@ -9,8 +9,6 @@ from fastrnn.kernels.gru import cpu as gru_cpu
 
 from .. import _capi
 from .._capi import (
-    INTERNAL,
-    INVALID_ARGUMENT,
     KERNEL_SIGNATURE,
     MAX_DIMS,
     TF_BOOL,
@@ -19,9 +17,7 @@ from .._capi import (
     TF_TensorType,
     allocate_outputs,
     blas_enter,
-    blas_leave,
-    delete_tensors,
-    fail,
+    finish,
     get_inputs,
     layout_scratch,
     messages,
@@ -174,13 +170,7 @@ def _gru_kernels(dtype):
                     carray(TF_TensorData(temps[1]), (time, batch), np.bool_),
                     carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 10
-        if error >= 0:
-            fail(ctx, status, INTERNAL if error >= 9 else INVALID_ARGUMENT, errors_f, error)
-        delete_tensors(temps)
-        delete_tensors(outputs)
-        delete_tensors(tensors)
-        _capi.TF_DeleteStatus(status)
-        blas_leave()
+        finish(ctx, status, error, 9, errors_f, tensors, outputs, temps)
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def backward(state, ctx):
@@ -265,13 +255,7 @@ def _gru_kernels(dtype):
                         carray(TF_TensorData(outputs[3]), (units, 3 * units), dtype),
                         carray(TF_TensorData(d_bias_tensor), (rows, 3 * units), dtype))):
                 error = 8
-        if error >= 0:
-            fail(ctx, status, INTERNAL if error >= 7 else INVALID_ARGUMENT, errors_b, error)
-        delete_tensors(temps)
-        delete_tensors(outputs)
-        delete_tensors(tensors)
-        _capi.TF_DeleteStatus(status)
-        blas_leave()
+        finish(ctx, status, error, 7, errors_b, tensors, outputs, temps)
 
     return forward, backward
 

@@ -9,8 +9,6 @@ from fastrnn.kernels.lstm import cpu as lstm_cpu
 
 from .. import _capi
 from .._capi import (
-    INTERNAL,
-    INVALID_ARGUMENT,
     KERNEL_SIGNATURE,
     MAX_DIMS,
     TF_BOOL,
@@ -20,9 +18,8 @@ from .._capi import (
     allocate_outputs,
     allocate_scratch,
     blas_enter,
-    blas_leave,
     delete_tensors,
-    fail,
+    finish,
     get_inputs,
     layout_scratch,
     messages,
@@ -193,13 +190,7 @@ def _lstm_kernels(dtype):
                     carray(TF_TensorData(temps[1]), (time, batch), np.bool_),
                     carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 11
-        if error >= 0:
-            fail(ctx, status, INTERNAL if error >= 10 else INVALID_ARGUMENT, errors_f, error)
-        delete_tensors(temps)
-        delete_tensors(outputs)
-        delete_tensors(tensors)
-        _capi.TF_DeleteStatus(status)
-        blas_leave()
+        finish(ctx, status, error, 10, errors_f, tensors, outputs, temps)
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def backward(state, ctx):
@@ -301,14 +292,8 @@ def _lstm_kernels(dtype):
                         carray(TF_TensorData(work[0]), (steps, batch, 4 * units), dtype),
                         carray(TF_TensorData(work[1]), (time, batch, inputs), dtype))):
                 error = 9
-        if error >= 0:
-            fail(ctx, status, INTERNAL if error >= 8 else INVALID_ARGUMENT, errors_b, error)
         delete_tensors(work)
-        delete_tensors(temps)
-        delete_tensors(outputs)
-        delete_tensors(tensors)
-        _capi.TF_DeleteStatus(status)
-        blas_leave()
+        finish(ctx, status, error, 8, errors_b, tensors, outputs, temps)
 
     return forward, backward
 

@@ -15,8 +15,6 @@ from fastrnn.kernels.mingru import cpu as mingru_cpu
 
 from .. import _capi
 from .._capi import (
-    INTERNAL,
-    INVALID_ARGUMENT,
     KERNEL_SIGNATURE,
     MAX_DIMS,
     TF_BOOL,
@@ -26,9 +24,8 @@ from .._capi import (
     allocate_outputs,
     allocate_scratch,
     blas_enter,
-    blas_leave,
     delete_tensors,
-    fail,
+    finish,
     get_inputs,
     layout_scratch,
     messages,
@@ -172,14 +169,7 @@ def kernels(dtype):
                     carray(TF_TensorData(temps[1]), (batch, time), np.bool_),
                     carray(TF_TensorData(temps[2]), batch, np.int64)):
                 error = 9
-        if error >= 0:
-            fail(ctx, status, INTERNAL if error >= _FIRST_INTERNAL else INVALID_ARGUMENT,
-                 errors_f, error)
-        delete_tensors(temps)
-        delete_tensors(outputs)
-        delete_tensors(tensors)
-        _capi.TF_DeleteStatus(status)
-        blas_leave()
+        finish(ctx, status, error, _FIRST_INTERNAL, errors_f, tensors, outputs, temps)
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def backward(state, ctx):
@@ -262,15 +252,8 @@ def kernels(dtype):
                     carray(TF_TensorData(outputs[2]), (inputs, width), dtype),
                     carray(TF_TensorData(d_bias_tensor), width, dtype)):
                 error = 9
-        if error >= 0:
-            fail(ctx, status, INTERNAL if error >= _FIRST_INTERNAL else INVALID_ARGUMENT,
-                 errors_b, error)
         delete_tensors(work)
-        delete_tensors(temps)
-        delete_tensors(outputs)
-        delete_tensors(tensors)
-        _capi.TF_DeleteStatus(status)
-        blas_leave()
+        finish(ctx, status, error, _FIRST_INTERNAL, errors_b, tensors, outputs, temps)
 
     return forward, backward
 
