@@ -31,6 +31,8 @@ computed into a [4, 3 vectors] scratch block (stored after the panels) and its
 valid columns copied out.
 """
 
+import threading
+
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
@@ -281,8 +283,11 @@ def gemm_packed(a, packed, columns, c, accumulate):
 # rather than carrying their IR: Numba re-optimizes a callee's IR in every function
 # that calls it, and the unrolled micro-kernels made each level of callers cost
 # about 5 s of cold compile (the GRU cores and the TF op kernels that call them:
-# about 40 s for one cell and dtype). Binding happens at import (a cache load, or
-# the compile on a machine's first import) because cached callers link to it.
+# about 40 s for one cell and dtype). A dtype's micro-kernel is compiled (or loaded
+# from Numba's cache) and bound by `ensure(dtype)`, which kernels._abi.ensure calls
+# before it compiles or loads any core: cached callers link to the symbol, so it
+# must be bound first. (It was bound for both dtypes at import: about 3 s of cold
+# compile for a dtype a process may never use.)
 _PACKED_SIGNATURE = types.void(types.voidptr, types.int64, types.int64, types.voidptr,
                                types.int64, types.int64, types.voidptr, types.boolean)
 _packed_f32 = types.ExternalFunction("fastrnn_gemm_packed_f32", _PACKED_SIGNATURE)
@@ -298,15 +303,23 @@ def _packed_cfunc(dtype):
     return run
 
 
-def _bind():
-    functions = {}
-    for name, dtype in (("f32", np.float32), ("f64", np.float64)):
-        functions[name] = _packed_cfunc(dtype)
-        llvm.add_symbol(f"fastrnn_gemm_packed_{name}", functions[name].address)
-    return functions
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_BOUND = {}  # suffix -> cfunc, kept alive: the symbol points into it
+_lock = threading.Lock()
 
 
-_BOUND = _bind()  # kept alive: the symbols point into these
+def ensure(dtype):
+    """Compile (or load from cache) the micro-kernel for dtype and bind its symbol,
+    once per process. Needed before any @njit code that calls `product` or
+    `packed_product` for dtype is compiled or loaded."""
+    suffix = _SUFFIX[np.dtype(dtype)]
+    if suffix in _BOUND:
+        return
+    with _lock:
+        if suffix not in _BOUND:
+            compiled = _packed_cfunc(np.dtype(dtype).type)
+            llvm.add_symbol(f"fastrnn_gemm_packed_{suffix}", compiled.address)
+            _BOUND[suffix] = compiled
 
 
 def packed_product(a, packed, columns, out, accumulate):

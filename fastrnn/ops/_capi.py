@@ -173,7 +173,7 @@ def _atomic_add(typingctx, address, delta):
     return types.int64(types.int64, types.int64), codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def blas_enter():
     """An op kernel starts: NumPy's OpenBLAS runs one thread while any op runs.
 
@@ -187,7 +187,7 @@ def blas_enter():
         fastrnn_blas_set_threads(1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def blas_leave():
     """An op kernel ends: the last one running restores the count from before."""
     state = _blas_state()
@@ -195,14 +195,14 @@ def blas_leave():
         fastrnn_blas_set_threads(np.int32(_atomic_add(state + 8, 0)))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def fail(ctx, status, code, table, k):
     """Report failure k of `messages` table to TensorFlow (the outputs are then not read)."""
     TF_SetStatus(status, code, table[k].ctypes.data)
     TF_OpKernelContext_Failure(ctx, status)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def get_input(ctx, i, status, dims):
     """(TF_Tensor*, rank) of input i; dims[:rank] gets its shape. The caller deletes
     the tensor (TF_DeleteTensor). Rank above MAX_DIMS reads as -1."""
@@ -219,7 +219,7 @@ def get_input(ctx, i, status, dims):
     return tensor, rank
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def get_inputs(ctx, status, tensors, dims, ranks):
     """Every input: tensors[i], its rank ranks[i] and shape dims[i, :rank]. False when
     one could not be read (status set, or a rank above MAX_DIMS: ranks[i] = -1)."""
@@ -231,7 +231,7 @@ def get_inputs(ctx, status, tensors, dims, ranks):
     return ok
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def delete_tensors(tensors):
     for i in range(tensors.shape[0]):
         if tensors[i] != 0:
@@ -239,7 +239,7 @@ def delete_tensors(tensors):
             tensors[i] = 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def finish(ctx, status, error, first_internal, table, tensors, outputs, temps):
     """The end of every op kernel: report failure `error` of `table` (none when it is
     negative; INTERNAL from first_internal on, else INVALID_ARGUMENT), release the
@@ -253,7 +253,7 @@ def finish(ctx, status, error, first_internal, table, tensors, outputs, temps):
     blas_leave()
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def shape_is(dims, ranks, i, a, b, c):
     """Input i has shape [a, b, c][:rank] (-1: any size)."""
     expect = (a, b, c)
@@ -263,7 +263,7 @@ def shape_is(dims, ranks, i, a, b, c):
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def allocate(ctx, i, dtype_code, itemsize, dims, rank, status):
     """TF_AllocateOutput for output i of shape dims[:rank]; 0 on failure (status set)."""
     size = itemsize
@@ -277,7 +277,7 @@ def allocate(ctx, i, dtype_code, itemsize, dims, rank, status):
 _ON_HOST = np.array([9, 1], np.int64)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def scratch(ctx, dtype_code, dims, rank, status):
     """A temporary tensor of shape dims[:rank] from TensorFlow's allocator
     (TF_AllocateTemp): the op's scratch memory, without NumPy allocations that could
@@ -286,7 +286,7 @@ def scratch(ctx, dtype_code, dims, rank, status):
     return TF_AllocateTemp(ctx, dtype_code, dims.ctypes.data, rank, _ON_HOST.ctypes.data, status)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def allocate_outputs(ctx, status, dtype_code, itemsize, shapes, ranks, outputs):
     """outputs[i] = output i of shape shapes[i, :ranks[i]] (TF_AllocateOutput), every
     output of dtype dtype_code (itemsize bytes). False when one failed (status set)."""
@@ -297,7 +297,7 @@ def allocate_outputs(ctx, status, dtype_code, itemsize, shapes, ranks, outputs):
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def allocate_scratch(ctx, status, codes, shapes, ranks, temps):
     """temps[i] = a scratch tensor of dtype codes[i] and shape shapes[i, :ranks[i]].
     False when one failed (status set)."""
@@ -308,7 +308,7 @@ def allocate_scratch(ctx, status, codes, shapes, ranks, temps):
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def layout_scratch(ctx, status, dtype_code, itemsize, batch, time, inputs, extra, temps):
     """The scratch every cell's op needs, from TensorFlow's allocator: temps[0] x_tm
     [T, B, I], temps[1] mask_tm [T, B] bool, temps[2] first [B] int64 (the layout
@@ -329,7 +329,7 @@ def layout_scratch(ctx, status, dtype_code, itemsize, batch, time, inputs, extra
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def zero_tensor(tensor, nbytes):
     """Every byte of an allocated tensor's nbytes set to 0 (element loops: see
     kernels._cpu_common.copy_1d)."""
@@ -338,7 +338,7 @@ def zero_tensor(tensor, nbytes):
         data[i] = 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def set_output_shapes(ictx, status, program):
     """Shape inference from a program: for each output, a row of up to 4 pieces
     (input, start, end), each the subshape input[start:end], concatenated; a row

@@ -402,7 +402,7 @@ _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
     "gru", _forward_cfunc, _backward_cfunc)
 
 
-@jit
+@inline_jit
 def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
                 act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
     """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
@@ -417,7 +417,7 @@ def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_aft
     return _forward_by_name(x, a)
 
 
-@jit
+@inline_jit
 def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
                  reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
     """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).

@@ -7,6 +7,10 @@ checked against their references both ways: with the packed product (what
 small test calls use wherever the host has AVX2 + FMA) and with BLAS.
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import check_kernel_against_reference, make_mask
@@ -18,7 +22,32 @@ from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import reference as lstm_ref
 from fastrnn.kernels.simple_rnn import reference as rnn_ref
 
+ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _micro_kernels_bound():
+    """`product` links to the micro-kernels by name: bind them (the cores' callers
+    do this through kernels._abi.ensure)."""
+    _microgemm.ensure(np.float32)
+    _microgemm.ensure(np.float64)
+
+
+def test_micro_kernels_are_bound_per_dtype_when_a_core_needs_them():
+    """Importing the kernels compiles nothing; a float32 core binds the float32
+    micro-kernel only (a fresh process, so nothing earlier bound either)."""
+    code = (
+        "import numpy as np\n"
+        "from fastrnn.kernels import _microgemm, _abi\n"
+        "import fastrnn.kernels.simple_rnn.cpu as cpu\n"
+        "assert _microgemm._BOUND == {}, _microgemm._BOUND\n"
+        "cpu.prepare_cores(np.float32)\n"
+        "assert sorted(_microgemm._BOUND) == ['f32'], _microgemm._BOUND\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

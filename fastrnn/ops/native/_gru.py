@@ -93,8 +93,9 @@ _FORWARD_RANKS = np.array([3, 2, 3, 3, 3], np.int64)  # out, h_last, gates, extr
 
 def _gru_kernels(dtype):
     """(forward, backward) cfuncs of the GRU ops for one dtype."""
-    gru_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
-    _abi.ensure("prepare", dtype)
+    # Cold, these cfuncs compile here while a helper process compiles the cores
+    # they call, the ones ensured last first (kernels._abi: bound below).
+    helper = _abi.aside_when_slow(("gru_backward", "prepare", "gru_forward"), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _GRU_FORWARD_ERRORS, _GRU_BACKWARD_ERRORS
@@ -257,6 +258,9 @@ def _gru_kernels(dtype):
                 error = 8
         finish(ctx, status, error, 7, errors_b, tensors, outputs, temps)
 
+    helper.cancel()
+    gru_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
+    _abi.ensure("prepare", dtype)
     return forward, backward
 
 

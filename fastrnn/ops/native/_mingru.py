@@ -10,6 +10,7 @@ batch (ops.native.recurrence).
 import numpy as np
 from numba import carray, cfunc
 
+from fastrnn.kernels import _abi
 from fastrnn.kernels._cpu_common import copy_2d
 from fastrnn.kernels.mingru import cpu as mingru_cpu
 
@@ -99,7 +100,9 @@ _WORK_RANKS = np.array([3], np.int64)  # the backward's d_pre block
 
 def kernels(dtype):
     """(forward, backward) cfuncs of the minGRU ops for one dtype."""
-    mingru_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
+    # Cold, these cfuncs compile here while a helper process compiles the cores
+    # they call, the ones ensured last first (kernels._abi: bound below).
+    helper = _abi.aside_when_slow(("mingru_backward", "mingru_forward"), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -255,6 +258,8 @@ def kernels(dtype):
         delete_tensors(work)
         finish(ctx, status, error, _FIRST_INTERNAL, errors_b, tensors, outputs, temps)
 
+    helper.cancel()
+    mingru_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
     return forward, backward
 
 

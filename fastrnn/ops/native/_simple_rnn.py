@@ -98,8 +98,10 @@ _FORWARD_RANKS = np.array([3, 2, 3], np.int64)  # out, h_last, states
 
 def kernels(dtype):
     """(forward, backward) cfuncs of the SimpleRNN ops for one dtype."""
-    simple_rnn_cpu.prepare_cores(dtype)  # the cores, compiled once, called by name
-    _abi.ensure("prepare", dtype)
+    # Cold, these cfuncs compile here while a helper process compiles the cores
+    # they call, the ones ensured last first (kernels._abi: bound below).
+    helper = _abi.aside_when_slow(
+        ("simple_rnn_backward", "prepare", "simple_rnn_forward"), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -261,6 +263,9 @@ def kernels(dtype):
                 error = 10
         finish(ctx, status, error, 9, errors_b, tensors, outputs, temps)
 
+    helper.cancel()
+    simple_rnn_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
+    _abi.ensure("prepare", dtype)
     return forward, backward
 
 
