@@ -51,7 +51,7 @@ def versions():
 
 
 # Cases printed in tables of their own (extra_info "kind"), not in the main table.
-OWN_TABLES = ("model", "bridge", "overhead", "firstuse")
+OWN_TABLES = ("model", "bridge", "overhead", "firstuse", "firstuse_cell")
 
 
 def table(data):
@@ -102,7 +102,7 @@ def table(data):
                          f"{med.get('blelloch', float('nan')):>10.3f}{med.get('copy', float('nan')):>9.3f}"
                          f"{choose_method(batch, time):>12}")
     for part in (model_table(data), bridge_table(data), overhead_table(data),
-                 firstuse_table(data)):
+                 firstuse_table(data), firstuse_cell_table(data)):
         if part:
             lines += ["", part] if lines else [part]
     return "\n".join(lines)
@@ -270,6 +270,30 @@ def firstuse_table(data):
             lines.append(f"{text:<{width}}"
                          + "".join(f"{_median(entries.get(p), 1):>13.2f}" for p in phases)
                          + f"  {_routes(next(iter(entries.values())))}")
+    return "\n".join(lines)
+
+
+def firstuse_cell_table(data):
+    """Each cell alone in a fresh process, float32, cold and warm (seconds)."""
+    rows = _kind(data, "firstuse_cell")
+    if not rows:
+        return ""
+    phases = ("import", "first step")
+    lines = ["One cell in a fresh process: Input(15, 1) -> cell(16) -> Dense(1), float32, "
+             "train_on_batch at B32 (seconds; cold = an empty Numba cache, warm = the same "
+             "cache again)",
+             f"{'cell':<12}" + "".join(f"{impl + ' ' + phase:>18}" for impl in ("cold", "warm")
+                                       for phase in phases)]
+    cells = []
+    for cell, _, _ in rows:
+        if cell not in cells:
+            cells.append(cell)
+    for cell in cells:
+        line = f"{cell:<12}"
+        for impl in ("cold", "warm"):
+            for phase in phases:
+                line += f"{_median(rows.get((cell, 'B32 T15 I1', phase), {}).get(impl), 1):>18.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -183,9 +183,6 @@ def ensure(name, dtype, aside=()):
         _join_aside(key)
         timer = aside_when_slow(aside, dtype)
         try:
-            from . import _microgemm  # the cores link to its micro-kernel by name
-
-            _microgemm.ensure(dtype)
             compiled = _factories[name](np.dtype(dtype).type)
         finally:
             timer.cancel()

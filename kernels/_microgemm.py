@@ -284,8 +284,8 @@ def gemm_packed(a, packed, columns, c, accumulate):
 # that calls it, and the unrolled micro-kernels made each level of callers cost
 # about 5 s of cold compile (the GRU cores and the TF op kernels that call them:
 # about 40 s for one cell and dtype). A dtype's micro-kernel is compiled (or loaded
-# from Numba's cache) and bound by `ensure(dtype)`, which kernels._abi.ensure calls
-# before it compiles or loads any core: cached callers link to the symbol, so it
+# from Numba's cache) and bound by `ensure(dtype)`, which the cores' factories call
+# before their cfunc is compiled or loaded: cached callers link to the symbol, so it
 # must be bound first. (It was bound for both dtypes at import: about 3 s of cold
 # compile for a dtype a process may never use.)
 _PACKED_SIGNATURE = types.void(types.voidptr, types.int64, types.int64, types.voidptr,

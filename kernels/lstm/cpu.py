@@ -209,6 +209,7 @@ _BACKWARD_ARRAYS, _BACKWARD_ARGS = 18, 18 * _abi.SLOTS + 4
 
 
 def _forward_cfunc(dtype):
+    _microgemm.ensure(dtype)  # the core calls the packed product by name
     @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
     def run(address):
         a = carray(address, _FORWARD_ARGS + 1, np.int64)
@@ -226,6 +227,7 @@ def _forward_cfunc(dtype):
 
 
 def _backward_cfunc(dtype):
+    _microgemm.ensure(dtype)  # the core calls the packed product by name
     @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
     def run(address):
         a = carray(address, _BACKWARD_ARGS + 1, np.int64)

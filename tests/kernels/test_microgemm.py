@@ -29,7 +29,7 @@ TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
 @pytest.fixture(autouse=True)
 def _micro_kernels_bound():
     """`product` links to the micro-kernels by name: bind them (the cores' callers
-    do this through kernels._abi.ensure)."""
+    do this through the cores' factories)."""
     _microgemm.ensure(np.float32)
     _microgemm.ensure(np.float64)
 

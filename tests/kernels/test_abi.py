@@ -1,0 +1,71 @@
+"""kernels._abi: cores called through their table slots, compiled by a helper process.
+
+Each check runs in a fresh interpreter with its own empty Numba cache, so what
+it sees compiled or loaded is its own doing.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(code, cache_dir, **env):
+    """Run code in a fresh interpreter with an empty Numba cache; returns its stdout."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env})
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_a_helper_compiles_the_next_core_while_this_process_compiles_its_own(tmp_path):
+    # An unbound slot: the call runs nothing and reports it (the callers' errors).
+    # Then the forward core compiles here; the backward one, asked for aside, is
+    # compiled by the helper and loaded here from the cache it filled.
+    out = run_python("""
+        import numpy as np
+        from numba import njit
+        from fastrnn.kernels import _abi
+        from fastrnn.kernels.mingru import cpu
+
+        @njit
+        def call_unbound(args):
+            return cpu._forward_by_name(np.float32, args)
+
+        print("unbound", call_unbound(np.ones(4, np.int64)))
+        _abi.ensure("mingru_forward", np.float32, aside=("mingru_backward",))
+        _abi.ensure("mingru_backward", np.float32)
+        bound = _abi._bound
+        print("forward loaded", bound[("mingru_forward", "f32")].cache_hits)
+        print("backward loaded", bound[("mingru_backward", "f32")].cache_hits)
+        x = np.ones((2, 3, 2), np.float32)
+        from fastrnn import kernels
+        out, h, saved = kernels.mingru_forward(x, None, np.ones((2, 4), np.float32),
+                                               np.zeros(4, np.float32))
+        dx = kernels.mingru_backward(saved, np.ones_like(out), h)[0]
+        print("finite", bool(np.isfinite(out).all() and np.isfinite(dx).all()))
+    """, tmp_path)
+    assert out.split("\n")[:4] == ["unbound False", "forward loaded 0", "backward loaded 1",
+                                   "finite True"], out
+
+
+def test_without_a_helper_everything_compiles_here(tmp_path):
+    # Switched off (FASTRNN_COMPILE_ASIDE=0), or a helper that dies at once: the
+    # process compiles the core itself and nothing waits.
+    out = run_python("""
+        import sys
+        import numpy as np
+        from fastrnn.kernels import _abi
+
+        print("enabled", _abi.aside_enabled())
+        sys.executable = "/bin/false"  # a helper that fails at once
+        _abi._start_aside(["prepare"], "f64")
+        _abi.ensure("prepare", np.float64)
+        print("prepare loaded", _abi._bound[("prepare", "f64")].cache_hits)
+        print("helpers left", len(_abi._aside))
+    """, tmp_path, FASTRNN_COMPILE_ASIDE="0")
+    assert out.split("\n")[:3] == ["enabled False", "prepare loaded 0", "helpers left 0"], out
