@@ -332,7 +332,7 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
     batch_major_into(dx_tm, go_backwards, dx)
 
 
-# The cores compiled once per dtype and called by name (kernels._abi). Forward args:
+# The cores compiled once per dtype and called through their table slots (kernels._abi). Forward args:
 # addresses of x, h0, kernel, recurrent_kernel, bias, mask, out, h_last, x_tm, gates,
 # extra, states, mask_tm, first; then batch, time, inputs, units, bias rows,
 # has_mask, reset_after, go_backwards, act, ract, packed.

@@ -8,7 +8,7 @@ fused elementwise passes; the projected-input buffer is overwritten with the
 gates i | f | g | o. Backward: per step fused passes for the gate gradients and
 one BLAS call for dh_{t-1}; dx and the weight gradients are GEMMs over blocks of
 steps. One nopython core per direction (forward_core, backward_core) does a whole
-call on preallocated arrays, compiled once per dtype as a cfunc called by name
+call on preallocated arrays, compiled once per dtype as a cfunc called through a table slot
 (kernels._abi, run_forward / run_backward): the launchers here validate, allocate
 and call it, and so do the TensorFlow ops' kernels (fastrnn/ops/native/_lstm.py).
 
@@ -202,7 +202,7 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     batch_major_into(dx_tm, go_backwards, dx)
 
 
-# The cores compiled once per dtype, called by name (kernels._abi). Arrays take
+# The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
 _FORWARD_ARRAYS, _FORWARD_ARGS = 17, 17 * _abi.SLOTS + 5
 _BACKWARD_ARRAYS, _BACKWARD_ARGS = 18, 18 * _abi.SLOTS + 4

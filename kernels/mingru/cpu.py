@@ -23,7 +23,7 @@ threads fighting over 2 cores: 6.7 ms against 2.4 ms at B16 T1024 H128.)
 
 The sequential method is one nopython core per direction (forward_core,
 backward_core) doing the whole call on preallocated arrays, compiled once per
-dtype as a cfunc called by name (kernels._abi, run_forward / run_backward): the
+dtype as a cfunc called through a table slot (kernels._abi, run_forward / run_backward): the
 launchers validate, allocate and call it, and so do the TensorFlow ops' kernels
 (fastrnn/ops/native/_mingru.py), where it is the method: on one core it was the
 fastest (float32 forward+backward, one thread, medians of interleaved runs on a
@@ -258,7 +258,7 @@ def backward_core(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, r
         d_bias[j] = d_b[j]
 
 
-# The cores compiled once per dtype, called by name (kernels._abi). Arrays take
+# The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
 _FORWARD_ARRAYS, _FORWARD_ARGS = 11, 11 * _abi.SLOTS + 3
 _BACKWARD_ARRAYS, _BACKWARD_ARGS = 11, 11 * _abi.SLOTS + 2

@@ -10,7 +10,7 @@ one GEMM each after the loop.
 Saved for backward, per step and batch row: x_t (I floats) and h_t (H floats).
 
 One nopython core per direction (forward_core, backward_core) does a whole call on
-preallocated arrays. Each is compiled once per dtype as a cfunc called by name
+preallocated arrays. Each is compiled once per dtype as a cfunc called through a table slot
 (kernels._abi, run_forward / run_backward): the launchers below validate, allocate
 and call it, and so do the TensorFlow ops' cfuncs (fastrnn/ops/native/_simple_rnn.py).
 """
@@ -203,7 +203,7 @@ def backward_core(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurr
     batch_major_into(dx_tm, go_backwards, dx)
 
 
-# The cores compiled once per dtype, called by name (kernels._abi). Arrays take
+# The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
 _FORWARD_ARRAYS, _FORWARD_ARGS = 13, 13 * _abi.SLOTS + 4
 _BACKWARD_ARRAYS, _BACKWARD_ARGS = 13, 13 * _abi.SLOTS + 3
