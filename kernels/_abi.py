@@ -30,6 +30,7 @@ core.
 """
 
 import atexit
+import ctypes
 import importlib
 import os
 import subprocess
@@ -74,8 +75,24 @@ def address_to_pointer(typingctx, address):
 CORES = ("prepare", "gru_forward", "gru_backward", "lstm_forward", "lstm_backward",
          "simple_rnn_forward", "simple_rnn_backward", "mingru_forward", "mingru_backward")
 _TABLE_NAME = "fastrnn_core_table"
-_table = np.zeros(2 * len(CORES), np.int64)
-llvm.add_symbol(_TABLE_NAME, _table.ctypes.data)
+
+
+def _shared_table():
+    """The table: one per process, even where this module is imported twice (under
+    two package names): a second import uses the memory the symbol already names,
+    or the first import's cores would be called from an empty table."""
+    size = 2 * len(CORES)
+    address = llvm.address_of_symbol(_TABLE_NAME)
+    if address:
+        return np.ctypeslib.as_array((ctypes.c_int64 * size).from_address(address))
+    table = np.zeros(size, np.int64)
+    llvm.add_symbol(_TABLE_NAME, table.ctypes.data)
+    _keep.append(table)
+    return table
+
+
+_keep = []  # the table's memory, alive for the process (the symbol points into it)
+_table = _shared_table()
 
 
 def slot(name, dtype):

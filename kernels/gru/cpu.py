@@ -28,7 +28,7 @@ from .. import _validate as v
 from .. import _microgemm
 from .._abi import address_to_pointer
 from .._blas import gemm_tn
-from .._microgemm import packed_or_empty, product
+from .._microgemm import packed_or_empty, product, transposed_for_product
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -298,9 +298,9 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
         d_xw = np.empty((steps, batch, width), dtype)
         d_hu = np.empty((steps, batch, width), dtype)
         d_b_hh = np.zeros(units)
-        rk_t = np.ascontiguousarray(recurrent_kernel.T)
+        rk_t, rk_t_packed = transposed_for_product(recurrent_kernel, packed)
         _backward_reset_after(gates, extra, states, x_tm, d_out, dh, rk_t,
-                              packed_or_empty(rk_t, packed), np.ascontiguousarray(kernel.T),
+                              rk_t_packed, np.ascontiguousarray(kernel.T),
                               mask_tm, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
                               d_recurrent, d_b_in, d_b_hh)
         for j in range(width):
@@ -312,10 +312,10 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
     else:
         d_xw = np.empty((time, batch, width), dtype)
         d_xw2 = d_xw.reshape(time * batch, width)
-        zr_t = np.ascontiguousarray(recurrent_kernel[:, :2 * units].T)
-        h_t = np.ascontiguousarray(recurrent_kernel[:, 2 * units:].T)
-        _backward_reset_before(gates, states, d_out, dh, zr_t, packed_or_empty(zr_t, packed), h_t,
-                               packed_or_empty(h_t, packed), mask_tm, first, act, ract, d_xw,
+        zr_t, zr_t_packed = transposed_for_product(recurrent_kernel[:, :2 * units], packed)
+        h_t, h_t_packed = transposed_for_product(recurrent_kernel[:, 2 * units:], packed)
+        _backward_reset_before(gates, states, d_out, dh, zr_t, zr_t_packed, h_t,
+                               h_t_packed, mask_tm, first, act, ract, d_xw,
                                d_b_in)
         h_prev = states[:time].reshape(time * batch, units)
         d_zr = np.empty((units, 2 * units), dtype)

@@ -24,7 +24,7 @@ from numba import carray, cfunc
 from .. import _abi, _microgemm, _parts, _pool
 from .. import _validate as v
 from .._abi import put, view1, view2, view3
-from .._microgemm import packed_or_empty, product
+from .._microgemm import packed_or_empty, product, transposed_for_product
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -183,8 +183,7 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     dtype = dh.dtype
     steps = dz.shape[0]
     d_b = np.zeros(width)  # the bias gradient accumulates in float64 inside the loop
-    recurrent_t = np.ascontiguousarray(recurrent_kernel.T)
-    recurrent_t_packed = packed_or_empty(recurrent_t, packed)
+    recurrent_t, recurrent_t_packed = transposed_for_product(recurrent_kernel, packed)
     kernel_t = np.ascontiguousarray(kernel.T)
     rec = np.empty((batch, units), dtype)
     slope = np.empty(width, dtype)

@@ -25,7 +25,7 @@ from .. import _abi, _parts, _pool
 from .. import _validate as v
 from .. import _microgemm
 from .._abi import put, view1, view2, view3
-from .._microgemm import packed_or_empty, product
+from .._microgemm import packed_or_empty, product, transposed_for_product
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -194,8 +194,8 @@ def backward_core(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurr
     h_masked = np.empty((steps if recurrent_mask.size else 0, batch, units), dtype)
     dx_tm = np.empty((time, batch, inputs), dtype)
     d_b = np.zeros(units)  # accumulated in float64 inside the loop
-    recurrent_t = np.ascontiguousarray(recurrent_kernel.T)
-    _backward_kernel(states, x_tm, d_out, dh, recurrent_t, packed_or_empty(recurrent_t, packed),
+    recurrent_t, recurrent_t_packed = transposed_for_product(recurrent_kernel, packed)
+    _backward_kernel(states, x_tm, d_out, dh, recurrent_t, recurrent_t_packed,
                      np.ascontiguousarray(kernel.T), mask_tm, first, act, recurrent_mask, steps,
                      d_pre, h_masked, dx_tm, d_kernel, d_recurrent, d_b)
     for j in range(units):

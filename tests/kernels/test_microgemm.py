@@ -71,6 +71,31 @@ def test_product_matches_matmul(rng, dtype, rows, depth):
                                      TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use", [True, False])
+def test_transposed_for_product_stands_for_the_transpose(rng, dtype, use):
+    """The backward passes multiply by U^T: (b, packed) from U directly, packed
+    (or, for BLAS, copied) without a transposed copy first; also from a column
+    slice of U (GRU with reset_after=False)."""
+    for rows, depth, columns in ((1, 1, 1), (3, 45, 45), (5, 180, 45), (4, 7, 25), (13, 24, 100)):
+        kernel = rng.standard_normal((columns, depth + 3)).astype(dtype)
+        for source in (np.ascontiguousarray(kernel[:, :depth]), kernel[:, 3:]):
+            b, packed = _microgemm.transposed_for_product(source, use)
+            assert (packed.size > 0) == use
+            if use:
+                assert b.shape == (0, columns)
+                n = depth * (-(-columns // _microgemm.lanes(dtype)) * _microgemm.lanes(dtype))
+                np.testing.assert_array_equal(packed[:n], _microgemm.pack(source.T.copy())[:n])
+            else:
+                np.testing.assert_array_equal(b, source.T)
+            a = rng.standard_normal((rows, depth)).astype(dtype)
+            out = np.full((rows, columns), np.nan, dtype)
+            _microgemm.product(a, b, packed, out, False)
+            expected = a.astype(np.float64) @ source.T
+            scale = np.abs(a).astype(np.float64) @ np.abs(source.T) + 1.0
+            np.testing.assert_array_less(np.abs(out - expected) / scale, TOLERANCE[dtype])
+
+
 def test_product_into_row_blocks_of_bigger_arrays(rng):
     """The kernels multiply slabs of [T, B, H] arrays: a [B, H] view of step t."""
     states = rng.standard_normal((5, 6, 7)).astype(np.float32)
