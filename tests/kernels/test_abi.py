@@ -69,3 +69,28 @@ def test_without_a_helper_everything_compiles_here(tmp_path):
         print("helpers left", len(_abi._aside))
     """, tmp_path, FASTRNN_COMPILE_ASIDE="0")
     assert out.split("\n")[:3] == ["enabled False", "prepare loaded 0", "helpers left 0"], out
+
+
+def test_the_kernels_imported_twice_share_one_core_table():
+    # The kernels folder imported under a second name beside fastrnn.kernels (a
+    # checkout on sys.path): two copies of _abi, one symbol. Each copy's cores
+    # must land in the table the compiled callers read (the second import once
+    # replaced it with an empty one, and every call failed). Numba's usual cache.
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from fastrnn import kernels as first
+        sys.path.insert(0, {str(ROOT)!r})
+        import kernels as second
+        assert second._abi is not first._abi
+        x = np.ones((2, 3, 2), np.float32)
+        for k in (first, second, first):
+            out, h, saved = k.mingru_forward(x, None, np.ones((2, 4), np.float32),
+                                             np.zeros(4, np.float32))
+            dx = k.mingru_backward(saved, np.ones_like(out), h)[0]
+            assert np.isfinite(out).all() and np.isfinite(dx).all()
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
