@@ -18,6 +18,7 @@ The float64 references with the same signatures live in
 disk by Numba), never at import.
 """
 
+from . import _cache  # noqa: F401 - first: the cached functions below are stamped by it
 from . import _dispatch
 from ._cuda import gpu_available
 from ._validate import ACTIVATIONS

@@ -38,6 +38,12 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from fastrnn.kernels import _cache
+
+# The op kernels (here and in native/) compile in this folder's code and the
+# kernels': their cache is stamped with both (kernels._cache).
+_cache.add_tree(os.path.dirname(os.path.abspath(__file__)))
+
 TESTED_TF = ("2.21",)
 _LIBRARY = {"linux": "libtensorflow_framework.so.2",
             "darwin": "libtensorflow_framework.2.dylib"}
