@@ -87,12 +87,10 @@ def _shared_table():
         return np.ctypeslib.as_array((ctypes.c_int64 * size).from_address(address))
     table = np.zeros(size, np.int64)
     llvm.add_symbol(_TABLE_NAME, table.ctypes.data)
-    _keep.append(table)
     return table
 
 
-_keep = []  # the table's memory, alive for the process (the symbol points into it)
-_table = _shared_table()
+_table = _shared_table()  # kept by this module for the process: the symbol points into it
 
 
 def slot(name, dtype):

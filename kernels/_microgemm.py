@@ -187,10 +187,15 @@ def lanes(dtype):
     return 32 // np.dtype(dtype).itemsize
 
 
+@jit
+def _packed_length(depth, columns, itemsize):
+    w = 32 // itemsize
+    return depth * ((columns + w - 1) // w * w) + ROWS * VECTORS * w
+
+
 def packed_size(depth, columns, dtype):
     """Elements `pack` writes for a [depth, columns] B, scratch block included."""
-    w = lanes(dtype)
-    return depth * (-(-columns // w) * w) + ROWS * VECTORS * w
+    return _packed_length(depth, columns, np.dtype(dtype).itemsize)
 
 
 @jit
@@ -268,9 +273,7 @@ def packed_or_empty(b, use):
     with the choice made by the caller."""
     if not use:
         return np.empty(0, b.dtype)
-    w = 32 // b.itemsize
-    depth, columns = b.shape
-    out = np.empty(depth * ((columns + w - 1) // w * w) + ROWS * VECTORS * w, b.dtype)
+    out = np.empty(_packed_length(b.shape[0], b.shape[1], b.itemsize), b.dtype)
     _pack(b, out)
     return out
 
@@ -283,8 +286,7 @@ def transposed_for_product(a, use):
     columns, depth = a.shape
     if not use:
         return np.ascontiguousarray(a.T), np.empty(0, a.dtype)
-    w = 32 // a.itemsize
-    out = np.empty(depth * ((columns + w - 1) // w * w) + ROWS * VECTORS * w, a.dtype)
+    out = np.empty(_packed_length(depth, columns, a.itemsize), a.dtype)
     _pack_transposed(a, out)
     return np.empty((0, columns), a.dtype), out
 

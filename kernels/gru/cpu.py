@@ -312,8 +312,8 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
     else:
         d_xw = np.empty((time, batch, width), dtype)
         d_xw2 = d_xw.reshape(time * batch, width)
-        # Contiguous column blocks first: one specialization of transposed_for_product
-        # (a C array) for both variants, about 2 s less cold compile.
+        # Contiguous column blocks first: both variants then share one specialization
+        # of transposed_for_product (a C array).
         zr_t, zr_t_packed = transposed_for_product(
             np.ascontiguousarray(recurrent_kernel[:, :2 * units]), packed)
         h_t, h_t_packed = transposed_for_product(
