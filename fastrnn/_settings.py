@@ -70,6 +70,8 @@ def warmup(cells=CELLS, dtypes=("float32",), kernels=False, verbose=True):
             start = time.perf_counter()
             if native is not None:
                 native.ops(cell, dtype)
+                if cell == "gru":  # both variants' cores (reset_after=False has its own)
+                    native.ops(cell, dtype, reset_after=False)
             if kernels or native is None:
                 _run_kernels(cell, np.dtype(dtype))
             timings[(cell, dtype)] = time.perf_counter() - start
@@ -88,9 +90,10 @@ def _run_kernels(cell, dtype):
     x = np.ones((2, 3, 2), dtype)
     d_out = np.ones((2, 3, 2), dtype)
     if cell == "gru":
-        out, h, saved = k.gru_forward(x, None, np.ones((2, 6), dtype), np.ones((2, 6), dtype),
-                                      np.ones((2, 6), dtype))
-        k.gru_backward(saved, d_out, h)
+        for reset_after, bias in ((True, np.ones((2, 6), dtype)), (False, np.ones(6, dtype))):
+            out, h, saved = k.gru_forward(x, None, np.ones((2, 6), dtype),
+                                          np.ones((2, 6), dtype), bias, reset_after=reset_after)
+            k.gru_backward(saved, d_out, h)
     elif cell == "lstm":
         out, h, c, saved = k.lstm_forward(x, None, None, np.ones((2, 8), dtype),
                                           np.ones((2, 8), dtype), np.ones(8, dtype))

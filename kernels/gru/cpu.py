@@ -347,7 +347,15 @@ _FORWARD_ARGS = 25
 _BACKWARD_ARGS = 24
 
 
-def _forward_cfunc(dtype):
+def _forward_cfunc(reset_after):
+    """The forward core's factory for one variant: reset_after is a constant in it,
+    so the other variant's loops are not compiled in (see _VARIANTS)."""
+    def factory(dtype):
+        return _forward_run(dtype, reset_after)
+    return factory
+
+
+def _forward_run(dtype, reset_after):
     _microgemm.ensure(dtype)  # the core calls the packed product by name
     @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
     def run(address):
@@ -362,7 +370,7 @@ def _forward_cfunc(dtype):
             carray(address_to_pointer(a[4]), (rows, width), dtype),
             carray(address_to_pointer(a[5]), (batch if a[19] else 0, time if a[19] else 0),
                    np.bool_),
-            a[19] != 0, a[20] != 0, a[21] != 0, a[22], a[23], a[24] != 0,
+            a[19] != 0, reset_after, a[21] != 0, a[22], a[23], a[24] != 0,
             carray(address_to_pointer(a[6]), (batch, time, units), dtype),
             carray(address_to_pointer(a[7]), (batch, units), dtype),
             carray(address_to_pointer(a[8]), (time, batch, inputs), dtype),
@@ -376,7 +384,14 @@ def _forward_cfunc(dtype):
     return run
 
 
-def _backward_cfunc(dtype):
+def _backward_cfunc(reset_after):
+    """The backward core's factory for one variant (see _forward_cfunc)."""
+    def factory(dtype):
+        return _backward_run(dtype, reset_after)
+    return factory
+
+
+def _backward_run(dtype, reset_after):
     _microgemm.ensure(dtype)  # the core calls the packed product by name
     @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
     def run(address):
@@ -394,7 +409,7 @@ def _backward_cfunc(dtype):
             carray(address_to_pointer(a[7]), (units, width), dtype),
             carray(address_to_pointer(a[8]), (batch, time, units), dtype),
             carray(address_to_pointer(a[9]), (batch, units), dtype),
-            a[19] != 0, a[20] != 0, a[21], a[22], a[23] != 0,
+            reset_after, a[20] != 0, a[21], a[22], a[23] != 0,
             carray(address_to_pointer(a[10]), (batch, time, inputs), dtype),
             carray(address_to_pointer(a[11]), (inputs, width), dtype),
             carray(address_to_pointer(a[12]), (units, width), dtype),
@@ -404,8 +419,29 @@ def _backward_cfunc(dtype):
     return run
 
 
-_forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
-    "gru", _forward_cfunc, _backward_cfunc)
+# One pair of cores per variant: compiled together, the two variants' loops took
+# 11-12 s of a cold compile of the backward core, one variant 6 s (2-core EPYC,
+# float32). A first use compiles only the variant it runs; reset_after=True is
+# Keras' default.
+_VARIANTS = {True: ("gru_forward", "gru_backward"),
+             False: ("gru_forward_reset_before", "gru_backward_reset_before")}
+_forward_after = _abi.register("gru_forward", _forward_cfunc(True))
+_backward_after = _abi.register("gru_backward", _backward_cfunc(True))
+_forward_before = _abi.register("gru_forward_reset_before", _forward_cfunc(False))
+_backward_before = _abi.register("gru_backward_reset_before", _backward_cfunc(False))
+
+
+def core_names(reset_after=True):
+    """(forward core, backward core) of the variant, as kernels._abi names them."""
+    return _VARIANTS[bool(reset_after)]
+
+
+def prepare_cores(dtype, reset_after=True):
+    """Compile (or load) and bind the GRU cores of the variant for dtype, once (cold,
+    the backward one in a helper process meanwhile)."""
+    forward, backward = core_names(reset_after)
+    _abi.ensure(forward, dtype, aside=(backward,))
+    _abi.ensure(backward, dtype)
 
 
 @inline_jit
@@ -420,7 +456,9 @@ def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_aft
     a[12], a[13] = mask_tm.ctypes.data, first.ctypes.data
     a[14], a[15], a[16], a[17], a[18] = x.shape[0], x.shape[1], x.shape[2], h0.shape[1], bias.shape[0]
     a[19], a[20], a[21], a[22], a[23], a[24] = has_mask, reset_after, go_backwards, act, ract, packed
-    return _forward_by_name(x, a)
+    if reset_after:
+        return _forward_after(x, a)
+    return _forward_before(x, a)
 
 
 @inline_jit
@@ -435,7 +473,9 @@ def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_k
     a[12], a[13] = d_recurrent.ctypes.data, d_bias.ctypes.data
     a[14], a[15], a[16], a[17], a[18] = dh.shape[0], x_tm.shape[0], x_tm.shape[2], dh.shape[1], d_bias.shape[0]
     a[19], a[20], a[21], a[22], a[23] = reset_after, go_backwards, act, ract, packed
-    return _backward_by_name(dh, a)
+    if reset_after:
+        return _backward_after(dh, a)
+    return _backward_before(dh, a)
 
 
 
@@ -521,7 +561,7 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     h_last = np.empty((batch, units), x.dtype)
     mask_tm = np.empty((time, batch), np.bool_)
     first = np.empty(batch, np.int64)
-    prepare_cores(x.dtype)
+    prepare_cores(x.dtype, reset_after)
     _abi.finished(run_forward(
         x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
         mask is not None, bool(reset_after), bool(go_backwards), act, ract, _microgemm.wanted(),
@@ -556,7 +596,7 @@ def gru_backward(saved, d_out, d_h_last):
     d_kernel = _pool.empty((inputs, width), dtype)
     d_recurrent = _pool.empty((units, width), dtype)
     d_bias = np.empty((2 if saved.reset_after else 1, width), dtype)
-    prepare_cores(dtype)
+    prepare_cores(dtype, saved.reset_after)
     _abi.finished(run_backward(
         saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
         saved.kernel, saved.recurrent_kernel, d_out, dh, saved.reset_after,

@@ -53,6 +53,32 @@ def test_a_helper_compiles_the_next_core_while_this_process_compiles_its_own(tmp
                                    "finite True"], out
 
 
+def test_a_core_is_compiled_once_by_whichever_process_claims_it(tmp_path):
+    # This process and the helper claim a core before compiling it (an exclusive
+    # file): ensure_all takes the cores the helper has not started (here the
+    # forward one, the helper starting with the backward one), waits for the one it
+    # has, and the helper skips what this process claimed.
+    out = run_python("""
+        import tempfile
+        import numpy as np
+        from fastrnn.kernels import _abi
+        from fastrnn.kernels.mingru import cpu
+
+        claims = tempfile.mkdtemp()
+        print("claims", _abi._claim(claims, "prepare"), _abi._claim(claims, "prepare"))
+        _abi.compile_here(["float64", claims, _abi._modules["prepare"] + ":prepare"])
+        print("skipped", ("prepare", "f64") not in _abi._bound)
+        _abi._start_aside(["mingru_backward", "mingru_forward"], "f32")
+        _abi.ensure_all(["mingru_forward", "mingru_backward"], np.float32)
+        bound = _abi._bound
+        print("forward loaded", bound[("mingru_forward", "f32")].cache_hits)
+        print("backward loaded", bound[("mingru_backward", "f32")].cache_hits)
+        print("helpers left", len(_abi._aside))
+    """, tmp_path)
+    assert out.split("\n")[:6] == ["claims True False", "skip prepare", "skipped True",
+                                   "forward loaded 0", "backward loaded 1", "helpers left 0"], out
+
+
 def test_without_a_helper_everything_compiles_here(tmp_path):
     # Switched off (FASTRNN_COMPILE_ASIDE=0), or a helper that dies at once: the
     # process compiles the core itself and nothing waits.

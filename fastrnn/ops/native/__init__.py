@@ -65,16 +65,25 @@ def _compile_notice(cell, dtype):
 
 
 @_plain
-def ops(cell, dtype):
+def ops(cell, dtype, **variant):
     """The generated op functions of `cell`, its kernels for `dtype` registered
-    (compiled or loaded from cache on the first call)."""
+    (compiled or loaded from cache on the first call). `variant`: the variant of the
+    cell's cores the caller runs, bound before this returns (GRU: reset_after=...;
+    its two variants have cores of their own, compiled when first asked for)."""
     dtype = np.dtype(dtype)
     key = (cell, dtype.name)
-    if key in _registered:
-        return _wrappers[cell]
+    if key not in _registered:
+        _register(cell, dtype, variant)
+    if variant:
+        _cell_module(cell).prepare(dtype.type, **variant)
+    return _wrappers[cell]
+
+
+def _register(cell, dtype, variant):
+    key = (cell, dtype.name)
     with _lock:
         if key in _registered:
-            return _wrappers[cell]
+            return
         spec = _cell_module(cell)
         for name, inputs, outputs, shape_fn in (spec.FORWARD, spec.BACKWARD):
             _capi.register_op(name, inputs, outputs, [_T], shape_fn)
@@ -85,14 +94,13 @@ def ops(cell, dtype):
         timer.daemon = True
         timer.start()
         try:
-            forward, backward = spec.kernels(dtype.type)
+            forward, backward = spec.kernels(dtype.type, **variant)
         finally:
             timer.cancel()
         _capi.register_kernel(spec.FORWARD[0], forward, _capi.TF_DTYPE[dtype])
         _capi.register_kernel(spec.BACKWARD[0], backward, _capi.TF_DTYPE[dtype])
         _register_gradient(spec, _wrappers[cell])
         _registered[key] = True
-        return _wrappers[cell]
 
 
 def _register_gradient(spec, gen):
@@ -178,7 +186,7 @@ def plan_parts(x, width, max_parts):
 
 @_plain
 def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width, max_parts,
-               n_saved):
+               n_saved, variant=None):
     """Differentiable (out [B, T, H], [final states]) through the cell's native ops.
 
     x, states0, weights (kernel[, recurrent_kernel]) and bias (or None) are tensors
@@ -195,7 +203,7 @@ def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width,
 
     from fastrnn.kernels import _parts
 
-    gen = ops(cell, x.dtype.as_numpy_dtype)
+    gen = ops(cell, x.dtype.as_numpy_dtype, **(variant or {}))
     spec = _cell_module(cell)
     forward_op = getattr(gen, python_name(spec.FORWARD[0]))
     backward_op = getattr(gen, python_name(spec.BACKWARD[0]))

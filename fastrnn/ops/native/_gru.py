@@ -47,7 +47,8 @@ _GRU_FORWARD_ERRORS = messages("FastrnnGRUForward", (
     "config must be int32 [7]",
     "the time axis is empty: inputs need at least one step",
     "could not allocate an output",
-    "the kernel raised an exception (out of memory?)",
+    "the kernel raised an exception (out of memory?), or the cores of this reset_after "
+    "variant were not bound (fastrnn.ops.native.ops binds them)",
 ))
 _GRU_BACKWARD_ERRORS = messages("FastrnnGRUBackward", (
     "could not read an input (rank above 4?)",
@@ -58,7 +59,8 @@ _GRU_BACKWARD_ERRORS = messages("FastrnnGRUBackward", (
     "mask must be bool [batch, time] matching x",
     "config must be int32 [7]",
     "could not allocate an output",
-    "the kernel raised an exception (out of memory?)",
+    "the kernel raised an exception (out of memory?), or the cores of this reset_after "
+    "variant were not bound (fastrnn.ops.native.ops binds them)",
 ))
 
 # Shape programs (ops/_capi.set_output_shapes): per output, pieces (input, start, end).
@@ -91,11 +93,13 @@ def _gru_backward_shapes(ictx, status):
 _FORWARD_RANKS = np.array([3, 2, 3, 3, 3], np.int64)  # out, h_last, gates, extra, states
 
 
-def _gru_kernels(dtype):
-    """(forward, backward) cfuncs of the GRU ops for one dtype."""
+def _gru_kernels(dtype, reset_after=True):
+    """(forward, backward) cfuncs of the GRU ops for one dtype; the cores of the
+    variant `reset_after` bound (the ops run either variant: see prepare)."""
     # Cold, these cfuncs compile here while a helper process compiles the cores
-    # they call, the ones ensured last first (kernels._abi: bound below).
-    helper = _abi.aside_when_slow(("gru_backward", "prepare", "gru_forward"), dtype)
+    # they call (kernels._abi: bound below, the helper's cores loaded, the others
+    # compiled here).
+    helper = _abi.aside_when_slow(gru_cpu.core_names(reset_after)[::-1] + ("prepare",), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _GRU_FORWARD_ERRORS, _GRU_BACKWARD_ERRORS
@@ -259,8 +263,7 @@ def _gru_kernels(dtype):
         finish(ctx, status, error, 7, errors_b, tensors, outputs, temps)
 
     helper.cancel()
-    gru_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
-    _abi.ensure("prepare", dtype)
+    _abi.ensure_all(gru_cpu.core_names(reset_after) + ("prepare",), dtype)
     return forward, backward
 
 
@@ -277,11 +280,18 @@ BACKWARD = ("FastrnnGRUBackward",
 kernels = _gru_kernels
 
 
+def prepare(dtype, reset_after=True):
+    """Bind the cores of variant `reset_after` for dtype (compiled or loaded once):
+    an op running a variant whose cores are not bound fails with a TF error."""
+    gru_cpu.prepare_cores(dtype, reset_after)
+
+
 def call(x, h0, kernel, recurrent_kernel, bias, mask, *, reset_after, go_backwards, act, ract,
          max_parts):
     """GRU through FastrnnGRUForward/Backward. Returns (out, h_last)."""
     units = int(recurrent_kernel.shape[0])
     config = [reset_after, go_backwards, act, ract, mask is not None, bias is not None, packed()]
     out, (h_last,) = recurrence("gru", x, [h0], [kernel, recurrent_kernel], bias, mask, [], config,
-                                units, 3 * units, max_parts, 3)
+                                units, 3 * units, max_parts, 3,
+                                variant={"reset_after": bool(reset_after)})
     return out, h_last

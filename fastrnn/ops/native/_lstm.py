@@ -104,8 +104,9 @@ _WORK_RANKS = np.array([3, 3], np.int64)  # the backward's dz and dx_tm scratch
 def _lstm_kernels(dtype):
     """(forward, backward) cfuncs of the LSTM ops for one dtype."""
     # Cold, these cfuncs compile here while a helper process compiles the cores
-    # they call, the ones ensured last first (kernels._abi: bound below).
-    helper = _abi.aside_when_slow(("lstm_backward", "prepare", "lstm_forward"), dtype)
+    # they call (kernels._abi: bound below, the helper's cores loaded, the others
+    # compiled here).
+    helper = _abi.aside_when_slow(("lstm_backward", "lstm_forward", "prepare"), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -297,8 +298,7 @@ def _lstm_kernels(dtype):
         finish(ctx, status, error, 8, errors_b, tensors, outputs, temps)
 
     helper.cancel()
-    lstm_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
-    _abi.ensure("prepare", dtype)
+    _abi.ensure_all(("lstm_forward", "lstm_backward", "prepare"), dtype)
     return forward, backward
 
 

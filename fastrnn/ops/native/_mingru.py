@@ -101,7 +101,8 @@ _WORK_RANKS = np.array([3], np.int64)  # the backward's d_pre block
 def kernels(dtype):
     """(forward, backward) cfuncs of the minGRU ops for one dtype."""
     # Cold, these cfuncs compile here while a helper process compiles the cores
-    # they call, the ones ensured last first (kernels._abi: bound below).
+    # they call (kernels._abi: bound below, the helper's cores loaded, the others
+    # compiled here).
     helper = _abi.aside_when_slow(("mingru_backward", "mingru_forward"), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
@@ -259,7 +260,7 @@ def kernels(dtype):
         finish(ctx, status, error, _FIRST_INTERNAL, errors_b, tensors, outputs, temps)
 
     helper.cancel()
-    mingru_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
+    _abi.ensure_all(("mingru_forward", "mingru_backward"), dtype)
     return forward, backward
 
 

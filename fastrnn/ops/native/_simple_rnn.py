@@ -99,9 +99,10 @@ _FORWARD_RANKS = np.array([3, 2, 3], np.int64)  # out, h_last, states
 def kernels(dtype):
     """(forward, backward) cfuncs of the SimpleRNN ops for one dtype."""
     # Cold, these cfuncs compile here while a helper process compiles the cores
-    # they call, the ones ensured last first (kernels._abi: bound below).
+    # they call (kernels._abi: bound below, the helper's cores loaded, the others
+    # compiled here).
     helper = _abi.aside_when_slow(
-        ("simple_rnn_backward", "prepare", "simple_rnn_forward"), dtype)
+        ("simple_rnn_backward", "simple_rnn_forward", "prepare"), dtype)
     code = _capi.TF_DTYPE[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
     errors_f, errors_b = _FORWARD_ERRORS, _BACKWARD_ERRORS
@@ -264,8 +265,7 @@ def kernels(dtype):
         finish(ctx, status, error, 9, errors_b, tensors, outputs, temps)
 
     helper.cancel()
-    simple_rnn_cpu.prepare_cores(dtype)  # loaded when the helper compiled them
-    _abi.ensure("prepare", dtype)
+    _abi.ensure_all(("simple_rnn_forward", "simple_rnn_backward", "prepare"), dtype)
     return forward, backward
 
 
