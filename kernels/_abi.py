@@ -396,7 +396,7 @@ def bound():
 SLOTS = 4
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def put(args, k, x):
     """Slots k..k+3 of args = x's address and shape (C-contiguous, ndim <= 3)."""
     args[k] = x.ctypes.data

@@ -279,7 +279,7 @@ def _prepare_cfunc(dtype):
 _prepare_by_name = _abi.register("prepare", _prepare_cfunc)
 
 
-@inline_jit
+@jit
 def run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
     """prepare through its compiled-once cfunc (`_abi.ensure("prepare", dtype)` first)."""
     a = np.empty(_PREPARE_ARGS + 1, np.int64)

@@ -444,7 +444,7 @@ def prepare_cores(dtype, reset_after=True):
     _abi.ensure(backward, dtype)
 
 
-@inline_jit
+@jit
 def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
                 act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
     """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
@@ -461,7 +461,7 @@ def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_aft
     return _forward_before(x, a)
 
 
-@inline_jit
+@jit
 def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
                  reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
     """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).

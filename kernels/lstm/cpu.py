@@ -247,7 +247,7 @@ _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
     "lstm", _forward_cfunc, _backward_cfunc)
 
 
-@inline_jit
+@jit
 def run_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
                 ract, packed, out, h_last, c_last, x_tm, gates, h_states, c_states, tanh_c,
                 mask_tm, first):
@@ -276,7 +276,7 @@ def run_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_ba
     return _forward_by_name(x, a)
 
 
-@inline_jit
+@jit
 def run_backward(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
                  recurrent_kernel, d_out, dh, dc, go_backwards, act, ract, packed, dx, d_kernel,
                  d_recurrent, d_bias, dz, dx_tm):

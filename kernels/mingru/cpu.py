@@ -296,7 +296,7 @@ _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
     "mingru", _forward_cfunc, _backward_cfunc)
 
 
-@inline_jit
+@jit
 def run_forward(x, h0, kernel, bias, mask, has_mask, go_backwards, rows, x_p, gates, out, h_last,
                 mask_bt, first):
     """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
@@ -318,7 +318,7 @@ def run_forward(x, h0, kernel, bias, mask, has_mask, go_backwards, rows, x_p, ga
     return _forward_by_name(x, a)
 
 
-@inline_jit
+@jit
 def run_backward(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, rows, d_pre, dx,
                  d_kernel, d_bias):
     """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).

@@ -245,7 +245,7 @@ _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
     "simple_rnn", _forward_cfunc, _backward_cfunc)
 
 
-@inline_jit
+@jit
 def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
                 recurrent_mask, packed, out, h_last, x_tm, states, mask_tm, first):
     """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
@@ -269,7 +269,7 @@ def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwa
     return _forward_by_name(x, a)
 
 
-@inline_jit
+@jit
 def run_backward(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurrent_mask, d_out,
                  dh, go_backwards, act, packed, dx, d_kernel, d_recurrent, d_bias):
     """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
