@@ -234,8 +234,9 @@ def ensure_all(names, dtype):
 # caller needs last first). Each core is claimed first, by whichever process gets
 # to it, with a file created exclusively in a directory the two share: the helper
 # skips a core this process took over (compiling it twice cost the other compile
-# its CPU: a GRU's first step took 2 s longer). If the helper fails, is switched off or cannot start,
-# the process compiles everything itself, as before: it only ever saves time.
+# its CPU: a GRU's first step took 2 s longer). If the helper fails, is switched
+# off or cannot start, the process compiles everything itself, as before: it only
+# ever saves time.
 # Measured here (2-core EPYC, float32, a fresh process, empty cache), the first
 # training step of Input -> LSTM(16) -> Dense(1) took 27.8 s compiled in one
 # process, and about 19 s with the helper.
@@ -271,7 +272,8 @@ def aside_enabled():
 
 
 class _Helper:
-    """A helper process and what it reported: name -> "start" or "done"."""
+    """A helper process and what it reported: name -> "start", "done" or "skip"
+    (claimed by this process first)."""
 
     def __init__(self, process, claims):
         self.process = process
