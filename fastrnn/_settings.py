@@ -69,8 +69,8 @@ def warmup(cells=CELLS, dtypes=("float32",), kernels=False, verbose=True):
         for dtype in dtypes:
             start = time.perf_counter()
             if native is not None:
-                native.ops(cell, dtype)
-                if cell == "gru":  # both variants' cores (reset_after=False has its own)
+                native.ops(cell, dtype)  # GRU: its reset_after=True cores
+                if cell == "gru":  # and reset_after=False's, which are its own
                     native.ops(cell, dtype, reset_after=False)
             if kernels or native is None:
                 _run_kernels(cell, np.dtype(dtype))

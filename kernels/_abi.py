@@ -190,7 +190,8 @@ def ensure(name, dtype, aside=()):
     `aside`: names of cores the caller will ensure next. When this one compiles
     rather than loads (it is still running after ASIDE_AFTER_S), a helper process
     compiles those into Numba's disk cache meanwhile, on another core; their own
-    `ensure` then waits for it and loads them (see `_start_aside`)."""
+    `ensure` then loads one it finished, waits for one it is compiling, and
+    compiles one it has not started here (see `_start_aside`)."""
     suffix = _SUFFIX[np.dtype(dtype)]
     key = (name, suffix)
     if key in _bound:
@@ -219,7 +220,10 @@ def ensure_all(names, dtype):
             busy = {name for name in pending if (name, suffix) in _aside
                     and _aside[(name, suffix)].state.get(name) == "start"}
         name = next((name for name in pending if name not in busy), pending[0])
-        ensure(name, dtype)
+        # The rest aside: compiled here cold, this one starts a helper for them
+        # when none has them yet (op cfuncs loaded from cache start none).
+        ensure(name, dtype, aside=[other for other in pending
+                                   if other != name and other not in busy])
         pending.remove(name)
 
 
@@ -230,8 +234,8 @@ def ensure_all(names, dtype):
 # directory) that imports the cores' modules and ensures them in the order given,
 # reporting each start and end on its stdout, then exits. `ensure` of a core the
 # helper has finished loads it; of one it is compiling, waits for it; of one it has
-# not started, compiles it here meanwhile (so the helper should get the cores the
-# caller needs last first). Each core is claimed first, by whichever process gets
+# not started, compiles it here meanwhile (so the helper gets the largest first, the
+# backward core, and the caller takes the others: `ensure_all`). Each core is claimed first, by whichever process gets
 # to it, with a file created exclusively in a directory the two share: the helper
 # skips a core this process took over (compiling it twice cost the other compile
 # its CPU: a GRU's first step took 2 s longer). If the helper fails, is switched
@@ -300,7 +304,7 @@ class _Helper:
         with self.changed:
             if name not in self.state and _claim(self.claims, name):
                 return False
-            self.changed.wait_for(lambda: self.state.get(name) == "done"
+            self.changed.wait_for(lambda: self.state.get(name) in ("done", "skip")
                                   or self.process.poll() is not None, timeout=ASIDE_WAIT_S)
             return self.state.get(name) == "done"
 
@@ -320,7 +324,8 @@ def _start_aside(names, suffix):
     from numba.core import config
 
     with _aside_lock:
-        names = [name for name in names if (name, suffix) not in _aside]
+        names = [name for name in names
+                 if (name, suffix) not in _aside and (name, suffix) not in _bound]
         if not names:
             return
         env = dict(os.environ)
@@ -356,11 +361,13 @@ def _join_aside(key):
         others = helper is not None and helper in _aside.values()
     if helper is None:
         return
-    helper.wait_for(key[0])
-    if not others:
-        if helper.process.poll() is None:
-            helper.process.kill()  # what it does now, this process has done
-        shutil.rmtree(helper.claims, ignore_errors=True)
+    try:
+        helper.wait_for(key[0])
+    finally:
+        if not others:
+            if helper.process.poll() is None:
+                helper.process.kill()  # what it does now, this process has done
+            shutil.rmtree(helper.claims, ignore_errors=True)
 
 
 @atexit.register
@@ -387,6 +394,7 @@ def compile_here(argv):
         print("start", name, flush=True)
         ensure(name, dtype)
         print("done", name, flush=True)
+    shutil.rmtree(claims, ignore_errors=True)  # the caller's later claims fail: it is done
 
 
 def bound():

@@ -339,7 +339,8 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
 # The cores compiled once per dtype and called through their table slots (kernels._abi). Forward args:
 # addresses of x, h0, kernel, recurrent_kernel, bias, mask, out, h_last, x_tm, gates,
 # extra, states, mask_tm, first; then batch, time, inputs, units, bias rows,
-# has_mask, reset_after, go_backwards, act, ract, packed.
+# has_mask, reset_after, go_backwards, act, ract, packed (reset_after is a constant
+# of each variant's core, which does not read its slot).
 _FORWARD_ARGS = 25
 # Backward args: addresses of x_tm, gates, extra, states, mask_tm, first, kernel,
 # recurrent_kernel, d_out, dh, dx, d_kernel, d_recurrent, d_bias; then batch, time,
@@ -447,7 +448,8 @@ def prepare_cores(dtype, reset_after=True):
 @jit
 def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
                 act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
-    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    """forward_core through its compiled-once cfunc (call `prepare_cores(dtype,
+    reset_after)` first).
     Returns whether it finished (False: it raised, and Numba printed the error)."""
     a = np.empty(_FORWARD_ARGS + 1, np.int64)
     a[0], a[1], a[2], a[3] = x.ctypes.data, h0.ctypes.data, kernel.ctypes.data, recurrent_kernel.ctypes.data
@@ -464,7 +466,8 @@ def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_aft
 @jit
 def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
                  reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
-    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
+    """backward_core through its compiled-once cfunc (call `prepare_cores(dtype,
+    reset_after)` first).
     Returns whether it finished (False: it raised, and Numba printed the error)."""
     a = np.empty(_BACKWARD_ARGS + 1, np.int64)
     a[0], a[1], a[2], a[3] = x_tm.ctypes.data, gates.ctypes.data, extra.ctypes.data, states.ctypes.data

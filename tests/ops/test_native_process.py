@@ -113,25 +113,30 @@ def test_warmup_registers_the_ops():
 
 def test_a_gru_binds_only_the_cores_of_its_variant():
     # GRU's reset_after variants have cores of their own (half the cold compile each):
-    # a model with reset_after=False binds those alone, and an op asked to run a
-    # variant whose cores are not bound fails with a TF error instead of crashing.
+    # the direct launchers and a model with reset_after=False bind those alone, and an
+    # op asked to run a variant whose cores are not bound fails with a TF error
+    # instead of crashing.
     out, _ = run_python("""
         import numpy as np
         import keras
         import tensorflow as tf
         import fastrnn
+        from fastrnn import kernels
         from fastrnn.kernels import _abi
         from fastrnn.ops import native
 
         x = np.ones((2, 3, 1), np.float32)
+        W, U = np.ones((1, 12), np.float32), np.ones((4, 12), np.float32) * 0.1
+        out, h, saved = kernels.gru_forward(x, None, W, U, None, reset_after=False)
+        kernels.gru_backward(saved, np.ones_like(out), None)
+        print("launchers bound", [name for name, _ in _abi.bound() if name.startswith("gru")])
         model = keras.Sequential([keras.Input((3, 1)), fastrnn.GRU(4, reset_after=False),
                                   keras.layers.Dense(1)])
         model.compile("sgd", "mse")
         model.train_on_batch(x, np.ones((2, 1), np.float32))
         print("bound", [name for name, _ in _abi.bound() if name.startswith("gru")])
-        gen = native.ops("gru", np.float32)  # registered already: binds no variant
+        gen = native._wrappers["gru"]  # registered, only the reset_after=False cores bound
         config = np.array([1, 0, 0, 2, 0, 0, 1], np.int32)  # reset_after=True
-        W, U = np.ones((1, 12), np.float32), np.ones((4, 12), np.float32) * 0.1
         try:
             gen.fastrnn_gru_forward(x, np.zeros((2, 4), np.float32), W, U,
                                     np.zeros((0,), np.float32), np.zeros((0, 0), bool), config)
@@ -142,7 +147,8 @@ def test_a_gru_binds_only_the_cores_of_its_variant():
                                       np.zeros((0,), np.float32), np.zeros((0, 0), bool), config)
         print("after binding", out[0].shape)
     """)
-    assert "bound ['gru_backward_reset_before', 'gru_forward_reset_before']" in out
+    assert "launchers bound ['gru_backward_reset_before', 'gru_forward_reset_before']" in out
+    assert "\nbound ['gru_backward_reset_before', 'gru_forward_reset_before']" in out
     assert "cores of this reset_after variant were not bound" in out.split("op:")[1]
     assert "after binding (2, 3, 4)" in out
 

@@ -68,14 +68,16 @@ def _compile_notice(cell, dtype):
 def ops(cell, dtype, **variant):
     """The generated op functions of `cell`, its kernels for `dtype` registered
     (compiled or loaded from cache on the first call). `variant`: the variant of the
-    cell's cores the caller runs, bound before this returns (GRU: reset_after=...;
-    its two variants have cores of their own, compiled when first asked for)."""
+    cell's cores the caller runs, bound before this returns (GRU: reset_after=...,
+    True when not given; its two variants have cores of their own, compiled when
+    first asked for)."""
     dtype = np.dtype(dtype)
     key = (cell, dtype.name)
     if key not in _registered:
         _register(cell, dtype, variant)
-    if variant:
-        _cell_module(cell).prepare(dtype.type, **variant)
+    prepare = getattr(_cell_module(cell), "prepare", None)
+    if prepare is not None:
+        prepare(dtype.type, **variant)
     return _wrappers[cell]
 
 
