@@ -244,3 +244,36 @@ def test_saved_rebuilt_from_carried_arrays(cell, rng):
             assert b is None
         else:
             np.testing.assert_array_equal(to_host(a), to_host(b))
+
+
+@pytest.mark.skipif(GPU_MODE, reason="checks the simulator as these tests patch it")
+def test_a_simulated_block_shares_one_shared_array(monkeypatch):
+    # cuda_helpers makes the simulator's shared.array allocation atomic: its own
+    # check-then-set let two threads of a block that interleave there get two arrays
+    # (the Blelloch scan then failed its checks now and then). A slow allocation
+    # widens that window: every thread must still get the one array.
+    import threading
+    import time
+
+    from numba.cuda.simulator import kernelapi
+
+    shared = kernelapi.FakeCUDAShared(0)
+    empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.01)
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", slow_empty)
+    start, got = threading.Barrier(8), []
+
+    def thread():
+        start.wait()
+        got.append(id(shared.array(4, np.float64)))
+
+    threads = [threading.Thread(target=thread) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len(set(got)) == 1
