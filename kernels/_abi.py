@@ -159,19 +159,22 @@ def register(name, factory):
     return call
 
 
-def register_cell(cell, forward_factory, backward_factory):
-    """Register a cell's two cores, `<cell>_forward` and `<cell>_backward`. Returns
-    (forward call, backward call, prepare_cores): see `register`; prepare_cores(dtype)
-    compiles (or loads) and binds both for dtype, once per process."""
-    forward = register(f"{cell}_forward", forward_factory)
-    backward = register(f"{cell}_backward", backward_factory)
+def register_cell(cell, forward_factory, backward_factory, variant=""):
+    """Register a cell's two cores, `<cell>_forward<variant>` and
+    `<cell>_backward<variant>` (variant: "" or a suffix such as "_reset_before").
+    Returns (forward call, backward call, prepare_cores): see `register`;
+    prepare_cores(dtype) compiles (or loads) and binds both for dtype, once per
+    process."""
+    forward_name, backward_name = f"{cell}_forward{variant}", f"{cell}_backward{variant}"
+    forward = register(forward_name, forward_factory)
+    backward = register(backward_name, backward_factory)
 
     def prepare_cores(dtype):
-        ensure(f"{cell}_forward", dtype, aside=(f"{cell}_backward",))
-        ensure(f"{cell}_backward", dtype)
+        ensure(forward_name, dtype, aside=(backward_name,))
+        ensure(backward_name, dtype)
 
-    prepare_cores.__doc__ = (f"Compile (or load) and bind the {cell} cores for dtype, once "
-                             "(cold, the backward one in a helper process meanwhile).")
+    prepare_cores.__doc__ = (f"Compile (or load) and bind the {cell}{variant} cores for dtype, "
+                             "once (cold, the backward one in a helper process meanwhile).")
     return forward, backward, prepare_cores
 
 

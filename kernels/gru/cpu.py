@@ -424,25 +424,23 @@ def _backward_run(dtype, reset_after):
 # 11-12 s of a cold compile of the backward core, one variant 6 s (2-core EPYC,
 # float32). A first use compiles only the variant it runs; reset_after=True is
 # Keras' default.
-_VARIANTS = {True: ("gru_forward", "gru_backward"),
-             False: ("gru_forward_reset_before", "gru_backward_reset_before")}
-_forward_after = _abi.register("gru_forward", _forward_cfunc(True))
-_backward_after = _abi.register("gru_backward", _backward_cfunc(True))
-_forward_before = _abi.register("gru_forward_reset_before", _forward_cfunc(False))
-_backward_before = _abi.register("gru_backward_reset_before", _backward_cfunc(False))
+_VARIANTS = {True: "", False: "_reset_before"}  # kernels._abi's name suffix
+_forward_after, _backward_after, _prepare_after = _abi.register_cell(
+    "gru", _forward_cfunc(True), _backward_cfunc(True), _VARIANTS[True])
+_forward_before, _backward_before, _prepare_before = _abi.register_cell(
+    "gru", _forward_cfunc(False), _backward_cfunc(False), _VARIANTS[False])
 
 
 def core_names(reset_after=True):
     """(forward core, backward core) of the variant, as kernels._abi names them."""
-    return _VARIANTS[bool(reset_after)]
+    suffix = _VARIANTS[bool(reset_after)]
+    return f"gru_forward{suffix}", f"gru_backward{suffix}"
 
 
 def prepare_cores(dtype, reset_after=True):
     """Compile (or load) and bind the GRU cores of the variant for dtype, once (cold,
     the backward one in a helper process meanwhile)."""
-    forward, backward = core_names(reset_after)
-    _abi.ensure(forward, dtype, aside=(backward,))
-    _abi.ensure(backward, dtype)
+    (_prepare_after if reset_after else _prepare_before)(dtype)
 
 
 @jit
