@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ANCHORS = ("keras", "torch", "floor")
-DEFAULT_SUITES = ("kernels", "layers", "bridge", "mingru")
+DEFAULT_SUITES = ("kernels", "layers", "fits", "bridge", "mingru")
 FULL_SUITES = ("scaling", "firstuse")  # added by --full
 
 
@@ -51,7 +51,7 @@ def versions():
 
 
 # Cases printed in tables of their own (extra_info "kind"), not in the main table.
-OWN_TABLES = ("model", "bridge", "overhead", "firstuse", "firstuse_cell")
+OWN_TABLES = ("fit", "model", "bridge", "overhead", "firstuse", "firstuse_cell")
 
 
 def table(data):
@@ -101,7 +101,7 @@ def table(data):
             lines.append(f"{cell:<16}{time:>8}{med.get('fastrnn', float('nan')):>12.3f}"
                          f"{med.get('blelloch', float('nan')):>10.3f}{med.get('copy', float('nan')):>9.3f}"
                          f"{choose_method(batch, time):>12}")
-    for part in (model_table(data), bridge_table(data), overhead_table(data),
+    for part in (model_table(data), fit_table(data), bridge_table(data), overhead_table(data),
                  firstuse_table(data), firstuse_cell_table(data)):
         if part:
             lines += ["", part] if lines else [part]
@@ -166,6 +166,43 @@ def model_table(data):
                      f"{keras_rec:>10.2f}{fast_rec:>9.2f}{rec_x}{keras_ms / fast_ms:>6.2f}x"
                      f"{share}  {_routes(impls.get('fastrnn'))}")
     lines += [f"! {text}" for text in flagged]
+    return "\n".join(lines)
+
+
+def fit_table(data):
+    """Per model fitted as users fit it (bench/fits.py): the fit step's median for Keras
+    and fastrnn on static, dynamic and tf.data batches; fastrnn's speed-up on each,
+    and its dynamic and tf.data steps against its own static one."""
+    rows = {}
+    for bench in _entries(data):
+        info = bench["extra_info"]
+        if info.get("kind") == "fit":
+            rows.setdefault(info["cell"], {})[(info["impl"], info["shape"])] = bench
+    if not rows:
+        return ""
+    kinds = ("static", "dynamic", "tf.data")
+    width = max(len(k) for k in rows) + 2
+    header = (f"{'model':<{width}}" + "".join(f"{'keras ' + k:>15}{'fastrnn':>9}{'x':>7}"
+                                              for k in kinds)
+              + f"{'dyn/st':>8}{'tfd/st':>8}  fastrnn route")
+    lines = ["model.fit, one step (ms, medians of the full steps of each epoch; bench/fits.py): "
+             "static = N a multiple of the batch, dynamic = one row more (the step traced with "
+             "batch None), tf.data = a batched pipeline; 'x' = keras / fastrnn on the same "
+             "data; dyn/st, tfd/st = fastrnn's dynamic, tf.data step / its static step",
+             header, "-" * len(header)]
+    for name, entries in rows.items():
+        med = {key: _median(entry) for key, entry in entries.items()}
+        line = f"{name:<{width}}"
+        for kind in kinds:
+            k, f = med.get(("keras", kind), float("nan")), med.get(("fastrnn", kind), float("nan"))
+            line += f"{k:>15.2f}{f:>9.2f}{k / f:>6.2f}x"
+        static = med.get(("fastrnn", "static"), float("nan"))
+        line += (f"{med.get(('fastrnn', 'dynamic'), float('nan')) / static:>8.3f}"
+                 f"{med.get(('fastrnn', 'tf.data'), float('nan')) / static:>8.3f}")
+        routes = sorted({r for (impl, _), e in entries.items() if impl == "fastrnn"
+                         for r in (e["extra_info"].get("routes") or [])})
+        line += "  " + ("+".join(_ROUTE_WORDS.get(r, r) for r in routes) or "-")
+        lines.append(line)
     return "\n".join(lines)
 
 

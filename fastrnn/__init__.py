@@ -23,7 +23,7 @@ if not os.path.isfile(os.path.join(__path__[0], "kernels", "__init__.py")) and o
     __path__.append(_checkout)
 
 _SUBMODULES = ("kernels", "testing", "ops", "layers")
-_LAYERS = ("GRU", "LSTM", "MinGRU", "MinGRUCell", "SimpleRNN")
+_LAYERS = ("GRU", "LSTM", "MinGRU", "MinGRUCell", "RNN", "SimpleRNN")
 _PATCH = ("patch", "unpatch", "patched")
 _SETTINGS = ("warmup", "set_route", "get_route")
 

@@ -20,13 +20,14 @@ USAGE = """\
 usage: python -m fastrnn [--report] [--cells CELLS] script.py [args...]
        python -m fastrnn [--report] [--cells CELLS] -m module [args...]
 
-Runs a Keras script with fastrnn.patch() on: keras.layers.SimpleRNN, GRU and
-LSTM (also tf.keras.layers.*, and model files naming them) give fastrnn's layers.
+Runs a Keras script with fastrnn.patch() on: keras.layers.SimpleRNN, GRU, LSTM
+and RNN (also tf.keras.layers.*, and model files naming them) give fastrnn's
+layers; an RNN runs the kernels for stock cells, Keras' loop for custom ones.
 
 options:
   --report       at exit, print on stderr which layers ran on which route
                  (native op, numpy_function fallback, cuda, or Keras' own loop: why)
-  --cells CELLS  patch only these, comma-separated: simple_rnn,gru,lstm (default: all)
+  --cells CELLS  patch only these, comma-separated: simple_rnn,gru,lstm,rnn (default: all)
   -m module      run a module as `python -m module` does
   -h, --help     show this help
 """

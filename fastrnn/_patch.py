@@ -31,8 +31,10 @@ import sys
 import threading
 import warnings
 
-CELLS = ("simple_rnn", "gru", "lstm")
-_CLASS_NAMES = {"simple_rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
+# "rnn": keras.layers.RNN, whose stock cells (LSTMCell, GRUCell, SimpleRNNCell, and
+# StackedRNNCells of them) then run the kernels; other cells keep its loop.
+CELLS = ("simple_rnn", "gru", "lstm", "rnn")
+_CLASS_NAMES = {"simple_rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM", "rnn": "RNN"}
 _ALIASES = {**{c: c for c in CELLS}, "simplernn": "simple_rnn"}
 
 _lock = threading.RLock()
@@ -258,7 +260,7 @@ def patched_cells():
 
 
 def patch(cells=None):
-    """Make Keras' SimpleRNN, GRU and LSTM give fastrnn's layers, process-wide.
+    """Make Keras' SimpleRNN, GRU, LSTM and RNN give fastrnn's layers, process-wide.
 
     After `fastrnn.patch()`, `keras.layers.GRU(...)`, `tf.keras.layers.GRU(...)`,
     `from tensorflow.keras.layers import GRU` and model files naming "GRU" all
@@ -266,8 +268,9 @@ def patch(cells=None):
     Layers already built keep their class. Patching again is harmless.
 
     Args:
-        cells: which to patch, a list of "simple_rnn", "gru", "lstm" (class
-            names also accepted); None (default) patches all three.
+        cells: which to patch, a list of "simple_rnn", "gru", "lstm", "rnn"
+            (class names also accepted; "rnn" is keras.layers.RNN, whose stock
+            cells then run the kernels); None (default) patches all four.
 
     Example:
         >>> import fastrnn; fastrnn.patch()

@@ -3,6 +3,7 @@
 from .gru import GRU
 from .lstm import LSTM
 from .mingru import MinGRU, MinGRUCell
+from .rnn import RNN
 from .simple_rnn import SimpleRNN
 
-__all__ = ["GRU", "LSTM", "MinGRU", "MinGRUCell", "SimpleRNN"]
+__all__ = ["GRU", "LSTM", "MinGRU", "MinGRUCell", "RNN", "SimpleRNN"]

@@ -55,8 +55,35 @@ def tracing_for_export():
     return False
 
 
+# Cell classes the kernels run, each with (reason, loop), filled in by the layer
+# modules (register_cell): reason(cell, training) says why a call must run Keras'
+# loop, or None; loop(cell, sequences, states, mask, training, go_backwards, device)
+# returns (outputs [B, T, H] in processing order, [final states]).
+_CELLS = {}
+
+
+def register_cell(cell_cls, reason, loop):
+    _CELLS[cell_cls] = (reason, loop)
+
+
+def cell_entry(cell):
+    """(reason, loop) of a stock cell the kernels run, or None for any other cell.
+
+    A subclass counts as the stock cell only while its step (`call`) is the stock
+    one: a cell that computes something else keeps Keras' loop."""
+    for cls in type(cell).__mro__:
+        if cls in _CELLS:
+            return _CELLS[cls] if type(cell).call is cls.call else None
+    return None
+
+
+def _stacked(cell):
+    return isinstance(cell, keras.layers.StackedRNNCells)
+
+
 class FastRNNMixin:
-    """Mixed in before the Keras RNN class; subclasses define `_fast_loop`.
+    """Mixed in before a Keras RNN class whose cell (or StackedRNNCells of cells)
+    is one the kernels run (register_cell).
 
     Adds one argument to Keras': `device`, "auto" (default), "cpu" or "cuda".
     "auto" runs the CUDA kernels when CuPy + numba-cuda find a GPU that
@@ -78,41 +105,40 @@ class FastRNNMixin:
         return {**super().get_config(), "device": self._device}
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
-        # Keras keeps integer features as they are and its cell's first product
-        # (keras.ops.matmul with the kernel) promotes them to the compute dtype;
-        # cast them so, once, for the kernels and for Keras' own loop alike.
+        # Keras keeps integer and bool features as they are, and its cell's first
+        # product (keras.ops.matmul with the kernel) promotes them to the compute
+        # dtype; cast them so, once, for the kernels and for Keras' own loop alike.
         dtype = keras.backend.standardize_dtype(sequences.dtype)
-        if "int" in dtype:
+        if "int" in dtype or dtype == "bool":
             sequences = keras.ops.cast(sequences, self.compute_dtype)
         elif not keras.backend.is_float_dtype(dtype):
-            raise ValueError(f"{self.name}: inputs must be floating point or integer features, "
-                             f"got dtype {dtype} (cast them, e.g. keras.ops.cast(x, "
+            raise ValueError(f"{self.name}: inputs must be floating point, integer or bool "
+                             f"features, got dtype {dtype} (cast them, e.g. keras.ops.cast(x, "
                              f"'float32'), or embed ids with keras.layers.Embedding first)")
         return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
 
+    def _cells(self):
+        return list(self.cell.cells) if _stacked(self.cell) else [self.cell]
+
     def _fallback_reason(self, training):
         """Why this call must use Keras' own loop, or None."""
-        raise NotImplementedError
-
-    def _fast_loop(self, sequences, states, mask, training=False):
-        """Returns (outputs [B, T, H] in processing order, [final states])."""
-        raise NotImplementedError
-
-    def _gated_fallback_reason(self, training):
-        """GRU's and LSTM's: activations the kernels lack, or implementation=1 dropout."""
-        cell = self.cell
-        for arg, fn in (("activation", cell.activation),
-                         ("recurrent_activation", cell.recurrent_activation)):
-            if activation_name(fn) is None:
-                return f"{arg}={fn!r} is not one the kernels implement"
-        if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
-            return "implementation=1 with dropout applies per-gate masks the kernels do not"
+        for cell in self._cells():
+            entry = cell_entry(cell)
+            if entry is None:
+                return (f"its cell {type(cell).__name__} is not a stock Keras cell the kernels "
+                        "run (custom cells keep Keras' loop)")
+            reason = entry[0](cell, training)
+            if reason is not None:
+                return reason
         return None
 
     def _keras_loop(self, sequences, initial_state, mask, training):
-        # The generic exact path of keras.layers.RNN (no cuDNN attempt).
-        return keras.layers.RNN.inner_loop(self, sequences, initial_state, mask=mask,
-                                           training=training)
+        # The generic exact path of keras.layers.RNN (no cuDNN attempt): Keras' own
+        # class, found in the MRO (while patched, keras.layers.RNN names fastrnn's).
+        keras_rnn = next(cls for cls in type(self).__mro__
+                         if cls.__name__ == "RNN" and cls.__module__.startswith("keras."))
+        return keras_rnn.inner_loop(self, sequences, initial_state, mask=mask,
+                                    training=training)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if tracing_for_export():
@@ -126,38 +152,62 @@ class FastRNNMixin:
                               "own (exact, slower) loop for this configuration.", stacklevel=2)
                 self._fastrnn_warned = True
             return self._keras_loop(sequences, initial_state, mask, training)
-        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        self._check_call(sequences, states, mask)
-        if training and 0.0 < self.cell.dropout < 1.0:
-            # The same cached mask Keras' step loop applies at every step.
-            dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
-            sequences = sequences * tf.expand_dims(dp_mask, 1)
+        cells = self._cells()
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        if _stacked(self.cell):
+            per_cell = [list(s) if isinstance(s, (list, tuple)) else [s] for s in states]
+        else:
+            per_cell = [states]
+        self._check_call(sequences, per_cell, mask)
         _routes.note(self, _routes.fast_route(self._device, self))
-        outputs, final_states = self._fast_loop(sequences, states, mask, training)
+        outputs, go_backwards, cell_mask, finals = sequences, self.go_backwards, mask, []
+        for cell, cell_states in zip(cells, per_cell):
+            x = outputs
+            if training and 0.0 < cell.dropout < 1.0:
+                # The same cached mask Keras' step loop applies at every step.
+                x = x * tf.expand_dims(cell.get_dropout_mask(x[:, 0, :]), 1)
+            outputs, final = cell_entry(cell)[1](cell, x, cell_states, cell_mask, training,
+                                                 go_backwards, self._device)
+            finals.append(final)
+            # The next cell of a stack reads these outputs, already in processing order.
+            if go_backwards and cell_mask is not None:
+                cell_mask = tf.reverse(cell_mask, [1])
+            go_backwards = False
         if mask is not None and self.zero_output_for_mask:
             keep = tf.reverse(mask, [1]) if self.go_backwards else mask
             outputs = outputs * tf.cast(keep, outputs.dtype)[:, :, None]
+        if not _stacked(self.cell):
+            final_states = finals[0]
+        else:
+            # As StackedRNNCells.call returns them: per cell a list, or a tensor where
+            # the cell's state came as one; a one-cell stack gives that cell's alone.
+            final_states = [f if isinstance(s, (list, tuple)) else f[0]
+                            for f, s in zip(finals, states)]
+            if len(final_states) == 1:
+                final_states = final_states[0]
         return outputs[:, -1], outputs, final_states
 
-    def _check_call(self, sequences, states, mask):
+    def _check_call(self, sequences, per_cell_states, mask):
         # Static checks, so that bad input raises here, in eager and graph mode,
         # rather than inside a py_function.
         if not sequences.dtype.is_floating:
             raise ValueError(f"{self.name}: inputs must be floating point, got dtype "
                              f"{sequences.dtype.name} (cast integer features, or embed ids "
                              "with keras.layers.Embedding first)")
-        features = self.cell.kernel.shape[0]  # every cell here has kernel [I, G * H]
+        cells = self._cells()
+        features = cells[0].kernel.shape[0]  # every cell here has kernel [I, G * H]
         if sequences.shape[-1] is not None and sequences.shape[-1] != features:
             raise ValueError(f"{self.name}: inputs have {sequences.shape[-1]} features but the "
                              f"layer was built for {features}; got input shape {sequences.shape}")
-        units = self.cell.units
-        for state in states:
-            if state.shape.rank is not None and (state.shape.rank != 2
-                                                 or state.shape[-1] not in (None, units)):
-                raise ValueError(f"{self.name}: initial state must have shape [batch, {units}], "
-                                 f"got shape {state.shape}")
+        for cell, states in zip(cells, per_cell_states):
+            units = cell.units
+            for state in states:
+                if state.shape.rank is not None and (state.shape.rank != 2
+                                                     or state.shape[-1] not in (None, units)):
+                    raise ValueError(f"{self.name}: initial state must have shape [batch, "
+                                     f"{units}], got shape {state.shape}")
         if mask is not None:
             if mask.shape.rank is not None and mask.shape.rank != 2:
                 raise ValueError(f"{self.name}: mask must have shape [batch, time], got shape "
@@ -168,3 +218,14 @@ class FastRNNMixin:
                     raise ValueError(f"{self.name}: mask must have shape [batch, time] matching "
                                      f"inputs {sequences.shape}; got mask shape {mask.shape} "
                                      f"({name} differs)")
+
+
+def gated_fallback_reason(cell, training):
+    """GRU's and LSTM's: activations the kernels lack, or implementation=1 dropout."""
+    for arg, fn in (("activation", cell.activation),
+                    ("recurrent_activation", cell.recurrent_activation)):
+        if activation_name(fn) is None:
+            return f"{arg}={fn!r} is not one the kernels implement"
+    if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
+        return "implementation=1 with dropout applies per-gate masks the kernels do not"
+    return None

@@ -2,7 +2,7 @@ import keras
 
 from fastrnn import ops
 
-from ._base import FastRNNMixin, activation_name
+from ._base import FastRNNMixin, activation_name, gated_fallback_reason, register_cell
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -27,15 +27,14 @@ class GRU(FastRNNMixin, keras.layers.GRU):
         TensorShape([2, 5, 8])
     """
 
-    def _fallback_reason(self, training):
-        return self._gated_fallback_reason(training)
 
-    def _fast_loop(self, sequences, states, mask, training=False):
-        cell = self.cell
-        outputs, h_last = ops.gru(
-            sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
-            None if cell.bias is None else cell.bias.value, mask, reset_after=cell.reset_after,
-            go_backwards=self.go_backwards, device=self._device,
-            activation=activation_name(cell.activation),
-            recurrent_activation=activation_name(cell.recurrent_activation))
-        return outputs, [h_last]
+def _loop(cell, sequences, states, mask, training, go_backwards, device):
+    outputs, h_last = ops.gru(
+        sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
+        None if cell.bias is None else cell.bias.value, mask, reset_after=cell.reset_after,
+        go_backwards=go_backwards, device=device, activation=activation_name(cell.activation),
+        recurrent_activation=activation_name(cell.recurrent_activation))
+    return outputs, [h_last]
+
+
+register_cell(keras.layers.GRUCell, gated_fallback_reason, _loop)

@@ -2,7 +2,7 @@ import keras
 
 from fastrnn import ops
 
-from ._base import FastRNNMixin, activation_name
+from ._base import FastRNNMixin, activation_name, gated_fallback_reason, register_cell
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -26,15 +26,14 @@ class LSTM(FastRNNMixin, keras.layers.LSTM):
         (TensorShape([2, 8]), TensorShape([2, 8]))
     """
 
-    def _fallback_reason(self, training):
-        return self._gated_fallback_reason(training)
 
-    def _fast_loop(self, sequences, states, mask, training=False):
-        cell = self.cell
-        outputs, h_last, c_last = ops.lstm(
-            sequences, states[0], states[1], cell.kernel.value, cell.recurrent_kernel.value,
-            None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards,
-            device=self._device,
-            activation=activation_name(cell.activation),
-            recurrent_activation=activation_name(cell.recurrent_activation))
-        return outputs, [h_last, c_last]
+def _loop(cell, sequences, states, mask, training, go_backwards, device):
+    outputs, h_last, c_last = ops.lstm(
+        sequences, states[0], states[1], cell.kernel.value, cell.recurrent_kernel.value,
+        None if cell.bias is None else cell.bias.value, mask, go_backwards=go_backwards,
+        device=device, activation=activation_name(cell.activation),
+        recurrent_activation=activation_name(cell.recurrent_activation))
+    return outputs, [h_last, c_last]
+
+
+register_cell(keras.layers.LSTMCell, gated_fallback_reason, _loop)

@@ -14,7 +14,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from fastrnn import ops
 
-from ._base import FastRNNMixin
+from ._base import FastRNNMixin, register_cell
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -122,17 +122,6 @@ class MinGRU(FastRNNMixin, keras.layers.RNN):
                          activity_regularizer=activity_regularizer, **kwargs)
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
-    def _fallback_reason(self, training):
-        return None
-
-    def _fast_loop(self, sequences, states, mask, training=False):
-        cell = self.cell
-        outputs, h_last = ops.mingru(
-            sequences, states[0], cell.kernel.value,
-            None if cell.bias is None else cell.bias.value, mask, go_backwards=self.go_backwards,
-            device=self._device)
-        return outputs, [h_last]
-
     @property
     def units(self):
         return self.cell.units
@@ -147,3 +136,13 @@ class MinGRU(FastRNNMixin, keras.layers.RNN):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _loop(cell, sequences, states, mask, training, go_backwards, device):
+    outputs, h_last = ops.mingru(
+        sequences, states[0], cell.kernel.value, None if cell.bias is None else cell.bias.value,
+        mask, go_backwards=go_backwards, device=device)
+    return outputs, [h_last]
+
+
+register_cell(MinGRUCell, lambda cell, training: None, _loop)

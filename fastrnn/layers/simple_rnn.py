@@ -2,7 +2,7 @@ import keras
 
 from fastrnn import ops
 
-from ._base import FastRNNMixin, activation_name
+from ._base import FastRNNMixin, activation_name, register_cell
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -25,21 +25,23 @@ class SimpleRNN(FastRNNMixin, keras.layers.SimpleRNN):
         TensorShape([2, 4])
     """
 
-    def _fallback_reason(self, training):
-        cell = self.cell
-        if activation_name(cell.activation) is None:
-            return f"activation={cell.activation!r} is not one the kernels implement"
-        return None
 
-    def _fast_loop(self, sequences, states, mask, training=False):
-        cell = self.cell
-        recurrent_mask = None
-        if training and 0.0 < cell.recurrent_dropout < 1.0:
-            recurrent_mask = cell.get_recurrent_dropout_mask(states[0])
-        outputs, h_last = ops.simple_rnn(
-            sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
-            None if cell.bias is None else cell.bias.value, mask,
-            activation=activation_name(cell.activation), go_backwards=self.go_backwards,
-            device=self._device,
-            recurrent_mask=recurrent_mask)
-        return outputs, [h_last]
+def _reason(cell, training):
+    if activation_name(cell.activation) is None:
+        return f"activation={cell.activation!r} is not one the kernels implement"
+    return None
+
+
+def _loop(cell, sequences, states, mask, training, go_backwards, device):
+    recurrent_mask = None
+    if training and 0.0 < cell.recurrent_dropout < 1.0:
+        recurrent_mask = cell.get_recurrent_dropout_mask(states[0])
+    outputs, h_last = ops.simple_rnn(
+        sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
+        None if cell.bias is None else cell.bias.value, mask,
+        activation=activation_name(cell.activation), go_backwards=go_backwards, device=device,
+        recurrent_mask=recurrent_mask)
+    return outputs, [h_last]
+
+
+register_cell(keras.layers.SimpleRNNCell, _reason, _loop)

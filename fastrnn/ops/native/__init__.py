@@ -175,15 +175,44 @@ SPLIT_FRACTION = 4
 def plan_parts(x, width, max_parts):
     """How many batch parts a call on x splits into: 1 unless the batch is known
     statically and the work is at least SMALL_WORK / SPLIT_FRACTION; then one per
-    core (max_parts), each with at least kernels._parts.MIN_ROWS rows."""
+    core (max_parts), each with at least kernels._parts.MIN_ROWS rows. None when
+    the batch or time is known only at run time (plan_sizes then plans in the graph)."""
     from fastrnn.kernels import _parts
 
     batch, time, features = (x.shape.as_list() + [None] * 3)[:3]
-    if None in (batch, time, features) or max_parts < 2:
+    if max_parts < 2:
         return 1
+    if None in (batch, time, features):
+        return None
     if _parts.work(batch, time, features, width) < _parts.SMALL_WORK // SPLIT_FRACTION:
         return 1
     return max(1, min(max_parts, batch // _parts.MIN_ROWS))
+
+
+def plan_sizes(x, features, width, max_parts):
+    """The rows of each of max_parts parts as an int32 [max_parts] tensor computed at
+    run time, for a batch (or time) known only then: the split plan_parts would
+    choose for that batch, its unused parts empty.
+
+    `model.fit` traces its step with batch None whenever the data is not a whole
+    number of batches or comes from a tf.data pipeline without drop_remainder, so
+    this is the plan of most real fits. The parts a batch does not need get no rows;
+    an op on an empty batch returns empty outputs and zero weight gradients, for a
+    few microseconds (its part costs far less than a tf.cond of two graphs would).
+    """
+    import tensorflow as tf
+
+    from fastrnn.kernels import _parts
+
+    shape = tf.shape(x, out_type=tf.int64)
+    batch, time = shape[0], shape[1]
+    per_row_step = width * (features + width)   # work() of one row and one step
+    big = batch * time * per_row_step >= _parts.SMALL_WORK // SPLIT_FRACTION
+    n = tf.where(big, tf.clip_by_value(batch // _parts.MIN_ROWS, 1, max_parts),
+                 tf.constant(1, tf.int64))
+    # edges as _parts.slices(batch, n) makes them, and batch for every part past n.
+    edges = batch * tf.minimum(tf.range(max_parts + 1, dtype=tf.int64), n) // n
+    return tf.cast(edges[1:] - edges[:-1], tf.int32)
 
 
 @_plain
@@ -216,13 +245,16 @@ def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width,
     mask_t = tf.cast(mask, tf.bool) if mask is not None else tf.zeros((0, 0), tf.bool)
     config_t = tf.constant(np.asarray(config, np.int32))
     parts = plan_parts(x, width, max_parts)
-    if parts > 1:
+    if parts is None:   # batch or time known only at run time: plan in the graph
+        parts = max_parts
+        sizes = plan_sizes(x, int(weights[0].shape[0]), width, max_parts)
+    elif parts > 1:
         sizes = [s.stop - s.start for s in _parts.slices(int(x.shape[0]), parts)]
-
+    if parts > 1:
         def split(t, always=True):
             if t is None or (not always and mask is None):
                 return [t] * parts
-            return tf.split(t, sizes, axis=0)
+            return tf.split(t, sizes, num=parts, axis=0)
     else:
         def split(t, always=True):
             return [t]
