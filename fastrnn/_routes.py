@@ -9,6 +9,7 @@ what was noted into the text the report prints. Imports nothing heavy.
 import threading
 
 KERAS = "keras"
+KERAS_CUDNN = "Keras' cuDNN"   # on a GPU, where Keras' own layer runs cuDNN
 
 _lock = threading.Lock()
 _seen = set()   # (id(layer), layer name, route, reason)
@@ -52,6 +53,8 @@ def describe(route, reason=None):
     """The words a report uses for a route."""
     if route == KERAS:
         return "Keras' own loop" + (f": {reason}" if reason else "")
+    if reason:
+        return f"{route}: {reason}"
     return route
 
 
@@ -60,8 +63,7 @@ def report():
     rows = notes()
     if not rows:
         return ("fastrnn: no fastrnn layer ran in this process. Layers built before "
-                "fastrnn.patch() (or python -m fastrnn) and keras.layers.RNN(cell) stay "
-                "Keras' own.")
+                "fastrnn.patch() (or python -m fastrnn) stay Keras' own.")
     width = max(len(f"{name} ({cls})") for name, cls, _, _ in rows)
     lines = [f"fastrnn: {len(rows)} recurrent layer route(s) this process ran:"]
     for name, cls, route, reason in rows:

@@ -260,7 +260,7 @@ def test_runner_shows_the_scripts_traceback_and_exits_1(clean, tmp_path, monkeyp
     assert 'failing.py", line 6, in <module>' in traceback
     assert 'failing.py", line 4, in inner' in traceback
     assert "runpy" not in traceback and "__main__.py" not in traceback, traceback
-    assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm"]  # the runner patched
+    assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm", "rnn"]  # the runner patched
 
 
 def test_runner_usage_errors_change_nothing(capsys):
@@ -351,7 +351,7 @@ def _names(cell):
 def test_patch_makes_every_name_give_fastrnn_and_unpatch_restores_exactly(clean):
     built_before = keras.layers.GRU(3)
     fastrnn.patch()
-    assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm"]
+    assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm", "rnn"]
     for cell in NAMES:
         for how, cls in _names(cell).items():
             assert cls is FAST[cell], (cell, how, cls)
@@ -373,10 +373,10 @@ def test_patch_cells_limits_it_and_bad_names_are_clear_errors(clean):
     assert keras.layers.SimpleRNN is KERAS["simple_rnn"]
     fastrnn.unpatch(cells="lstm")
     assert keras.layers.LSTM is KERAS["lstm"] and keras.layers.GRU is fastrnn.GRU
-    for bad in (["gru", "mingru"], ["rnn"]):
-        with pytest.raises(ValueError, match=r"patch\(cells=\.\.\.\): got '(mingru|rnn)'.*"
+    for bad in (["gru", "mingru"], ["lstmcell"]):
+        with pytest.raises(ValueError, match=r"patch\(cells=\.\.\.\): got '(mingru|lstmcell)'.*"
                                              r"allowed cell names are 'simple_rnn', 'gru', "
-                                             r"'lstm'"):
+                                             r"'lstm', 'rnn'"):
             fastrnn.patch(cells=bad)
     with pytest.raises(ValueError, match=r"unpatch\(cells=\.\.\.\): got 3"):
         fastrnn.unpatch(cells=[3])
@@ -402,7 +402,7 @@ def test_patched_blocks_nest_and_restore_what_was_before(clean):
     fastrnn.patch(cells=["lstm"])
     with fastrnn.patched(cells=["gru"]):
         with fastrnn.patched():
-            assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm"]
+            assert _patch.patched_cells() == ["simple_rnn", "gru", "lstm", "rnn"]
         assert _patch.patched_cells() == ["gru", "lstm"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

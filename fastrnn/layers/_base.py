@@ -140,10 +140,55 @@ class FastRNNMixin:
         return keras_rnn.inner_loop(self, sequences, initial_state, mask=mask,
                                     training=training)
 
+    def _keras_inner_loop(self, sequences, initial_state, mask, training):
+        # What Keras' own layer runs: its class's inner_loop (LSTM's and GRU's try
+        # cuDNN on a GPU first, then fall back to the generic loop).
+        keras_cls = next(cls for cls in type(self).__mro__
+                         if cls.__module__.startswith("keras.") and "inner_loop" in cls.__dict__)
+        return keras_cls.inner_loop(self, sequences, initial_state, mask=mask, training=training)
+
+    def _keras_would_use_cudnn(self):
+        """Whether Keras' own layer would run this call on cuDNN (its `use_cudnn`, no
+        recurrent dropout, and keras' `cudnn_ok` rules: tanh/sigmoid, bias, not
+        unrolled, GRU reset_after; cudnn_ok also asks for a TensorFlow GPU)."""
+        is_lstm = isinstance(self, keras.layers.LSTM)
+        if not (is_lstm or isinstance(self, keras.layers.GRU)):
+            return False   # SimpleRNN, RNN(cell), minGRU: Keras has no cuDNN path
+        if getattr(self, "use_cudnn", "auto") not in ("auto", True) or self.cell.recurrent_dropout:
+            return False
+        from keras.src.backend.tensorflow import rnn as keras_tf_rnn
+
+        cell = self.cell
+        extra = {} if is_lstm else {"reset_after": cell.reset_after}
+        return bool(keras_tf_rnn.cudnn_ok(cell.activation, cell.recurrent_activation,
+                                          self.unroll, cell.use_bias, **extra))
+
+    def _gpu_route(self):
+        """On a machine where TensorFlow has a GPU and device="auto": Keras' cuDNN
+        where Keras' own layer would use it (fastrnn's CUDA kernels are slower than
+        cuDNN there), else fastrnn's CUDA kernels where CuPy + numba-cuda can run
+        them, else Keras' own loop (the CPU op would copy every GPU tensor to the
+        host and back). Returns (route, reason), or None off a GPU or for device
+        "cpu" / "cuda" (those are the user's to choose)."""
+        from fastrnn.kernels import _cuda
+
+        if self._device != "auto" or not tf.config.list_logical_devices("GPU"):
+            return None
+        if self._keras_would_use_cudnn():
+            return _routes.KERAS_CUDNN, "Keras' own layer runs cuDNN here, faster than fastrnn's CUDA kernels"
+        if _cuda.gpu_available():
+            return "cuda", None
+        return _routes.KERAS, ("a TensorFlow GPU without CuPy + numba-cuda (pip install "
+                               "'fastrnn[gpu]'): the CPU kernels would copy every tensor off the GPU")
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if tracing_for_export():
             _routes.note(self, _routes.KERAS, "traced for export (SavedModels keep Keras' loop)")
             return self._keras_loop(sequences, initial_state, mask, training)
+        gpu = self._gpu_route()
+        if gpu is not None and gpu[0] != "cuda":
+            _routes.note(self, *gpu)
+            return self._keras_inner_loop(sequences, initial_state, mask, training)
         reason = self._fallback_reason(training)
         if reason is not None:
             _routes.note(self, _routes.KERAS, reason)

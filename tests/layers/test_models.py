@@ -224,14 +224,20 @@ def test_bad_input_is_a_clear_error(cell):
 
 
 @pytest.mark.parametrize("cell", list(PAIRS))
-def test_bool_and_string_features_are_rejected(cell):
-    _, fast_cls = PAIRS[cell]
-    # Integer features are cast as Keras' cell promotes them (issue 18, see
-    # tests/layers/test_dropin.py); bool and string features are a clear error.
-    for x, name in ((np.ones((2, 6, 3), bool), "bool"), (tf.fill((2, 6, 3), "a"), "string")):
-        with pytest.raises(ValueError, match="inputs must be floating point or integer "
-                                             f"features, got dtype {name}"):
-            fast_cls(5)(x)
+def test_bool_features_are_cast_as_keras_casts_them_and_strings_rejected(cell):
+    keras_cls, fast_cls = PAIRS[cell]
+    # Integer and bool features are cast to the compute dtype, as Keras' cell's first
+    # product promotes them: the same outputs as Keras' layer with the same weights.
+    x = np.random.default_rng(0).random((2, 6, 3)) > 0.5
+    ref, fast = keras_cls(5), fast_cls(5)
+    expected = ref(x)
+    fast(x)
+    fast.set_weights(ref.get_weights())
+    np.testing.assert_allclose(fast(x), expected, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(x), fast(x.astype("float32")), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="inputs must be floating point, integer or bool "
+                                         "features, got dtype string"):
+        fast_cls(5)(tf.fill((2, 6, 3), "a"))
 
 
 EXPORTED_RUNNER = """
