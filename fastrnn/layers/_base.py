@@ -156,7 +156,10 @@ class FastRNNMixin:
             return False   # SimpleRNN, RNN(cell), minGRU: Keras has no cuDNN path
         if getattr(self, "use_cudnn", "auto") not in ("auto", True) or self.cell.recurrent_dropout:
             return False
-        from keras.src.backend.tensorflow import rnn as keras_tf_rnn
+        import importlib
+
+        # The module (keras.src.backend.tensorflow's `rnn` attribute is a function).
+        keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
 
         cell = self.cell
         extra = {} if is_lstm else {"reset_after": cell.reset_after}

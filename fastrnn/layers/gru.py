@@ -16,8 +16,8 @@ class GRU(FastRNNMixin, keras.layers.GRU):
     Falls back, with a warning, to Keras' own loop where the kernels cannot
     match Keras exactly: activations other than tanh, relu, sigmoid,
     hard_sigmoid and linear (custom callables included), and `implementation=1`
-    with dropout in training. `recurrent_dropout` has no effect in Keras' GRU
-    (implementation 2) and none here either. `use_cudnn` and `unroll` are
+    with dropout in training (Keras 3 sets `implementation=1` whenever
+    `recurrent_dropout > 0`: per-gate masks the kernels do not take yet). `use_cudnn` and `unroll` are
     accepted; the result is the same.
 
     Example:

@@ -15,9 +15,9 @@ class LSTM(FastRNNMixin, keras.layers.LSTM):
 
     Falls back, with a warning, to Keras' own loop where the kernels cannot
     match Keras exactly: activations other than tanh, relu, sigmoid,
-    hard_sigmoid and linear, and `implementation=1` with dropout in training.
-    `recurrent_dropout` has no effect in Keras' LSTM (implementation 2) and
-    none here either. `use_cudnn` and `unroll` are accepted.
+    hard_sigmoid and linear, and `implementation=1` with dropout in training
+    (Keras 3 sets it whenever `recurrent_dropout > 0`: per-gate masks the
+    kernels do not take yet). `use_cudnn` and `unroll` are accepted.
 
     Example:
         >>> import numpy as np, fastrnn
