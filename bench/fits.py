@@ -88,7 +88,9 @@ def data(name, kind, seed=0):
     rows = STEPS * batch + (0 if kind == "static" else 1)
     if name.startswith("weather") and kind == "tf.data":
         # keras-io's weather example: one long series, windows of `time_` steps.
-        series = rng.standard_normal((rows + time_, features)).astype("float32")
+        # `rows` windows: a window of `time_` steps starts at each of the first `rows`
+        # steps, its target the series' second column `time_` steps later.
+        series = rng.standard_normal((rows + 2 * time_ - 1, features)).astype("float32")
         return keras.utils.timeseries_dataset_from_array(
             series[:-time_], series[time_:, 1], sequence_length=time_, batch_size=batch,
             shuffle=False)

@@ -138,3 +138,38 @@ def test_stand_ins_have_the_recurrent_models_shapes(bridge):
         assert stand_in.output_shape == keras_model.output_shape, name
         got = stand_in.predict_on_batch(x2[:2]).shape
         assert all(want in (None, n) for want, n in zip(keras_model.output_shape, got)), name
+
+
+def test_fit_table_compares_each_data_kind_and_static():
+    from bench.__main__ import fit_table, table
+
+    medians = {("keras", "static"): 26.0, ("fastrnn", "static"): 13.0,
+               ("keras", "dynamic"): 27.0, ("fastrnn", "dynamic"): 13.5,
+               ("keras", "tf.data"): 30.0, ("fastrnn", "tf.data"): 15.0}
+    entries = [_entry("char LSTM(128)", kind, "fit", impl, ms / 1e3, "fit",
+                      routes=["native op"] if impl == "fastrnn" else [])
+               for (impl, kind), ms in medians.items()]
+    text = fit_table({"benchmarks": entries})
+    row = text.splitlines()[-1]
+    assert "2.00x" in row and "1.038" in row and "1.154" in row and row.endswith("native"), row
+    # The main table keeps no row of them: only the fit table's own lines.
+    assert table({"benchmarks": entries}).startswith("model.fit")
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic", "tf.data"])
+def test_fit_data_kinds_give_the_batches_they_claim(kind):
+    import tensorflow as tf
+
+    from bench import fits
+
+    name = "weather LSTM(32) B256 T120 I7"
+    batch = fits.MODELS[name][0]
+    d = fits.data(name, kind)
+    if kind == "tf.data":
+        assert isinstance(d, tf.data.Dataset)
+        assert d.element_spec[0].shape[0] is None            # traced with batch None
+        sizes = [int(x.shape[0]) for x, _ in d]
+        assert sizes == [batch] * fits.STEPS + [1]
+    else:
+        rows = len(d[0])
+        assert rows == fits.STEPS * batch + (kind == "dynamic")
