@@ -5,7 +5,7 @@
 resolved lazily, so ``import fastrnn`` alone does not import TensorFlow.
 
 ``fastrnn.patch()`` / ``unpatch()`` / ``patched()`` make Keras' own SimpleRNN,
-GRU and LSTM names give fastrnn's layers (``python -m fastrnn script.py`` runs
+GRU, LSTM and RNN names give fastrnn's layers (``python -m fastrnn script.py`` runs
 a script that way).
 """
 
