@@ -27,7 +27,7 @@ def test_fit(benchmark, request, name):
     for impl in ("keras", "fastrnn"):
         for kind in fits.DATA:
             seen = len(_routes.notes())
-            _, run = fits.fit_epoch(impl, name, kind)
+            run = fits.fit_epoch(impl, name, kind)
             run()  # traces and compiles outside the timed rounds
             runs[(impl, kind)] = run
             routes[(impl, kind)] = sorted({r for _, _, r, _ in _routes.notes()[seen:]})

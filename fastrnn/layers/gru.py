@@ -17,8 +17,8 @@ class GRU(FastRNNMixin, keras.layers.GRU):
     match Keras exactly: activations other than tanh, relu, sigmoid,
     hard_sigmoid and linear (custom callables included), and `implementation=1`
     with dropout in training (Keras 3 sets `implementation=1` whenever
-    `recurrent_dropout > 0`: per-gate masks the kernels do not take yet). `use_cudnn` and `unroll` are
-    accepted; the result is the same.
+    `recurrent_dropout > 0`: per-gate masks the kernels do not take yet).
+    `use_cudnn` and `unroll` are accepted; the result is the same.
 
     Example:
         >>> import numpy as np, fastrnn
