@@ -185,12 +185,21 @@ def block_gradients(d_x, d_h, h_prev, x_tm, kernel_t, lo, hi, time, dx_tm, d_ker
     d_kernel += x^T d_x and d_recurrent += h_prev^T d_h, the block's gradients still
     in cache. d_x = dL/d(x W + b), d_h = dL/d(h U + b) [hi-lo, B, G*H]; h_prev
     [hi-lo, B, H]. The first block (hi == time) overwrites the weight gradients."""
+    block_input_gradients(d_x, x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel)
     n = (hi - lo) * d_x.shape[1]
-    width, inputs, units = d_x.shape[2], x_tm.shape[2], h_prev.shape[2]
+    width, units = d_x.shape[2], h_prev.shape[2]
+    gemm_tn(h_prev.reshape(n, units), d_h.reshape(n, width), d_recurrent, hi < time)
+
+
+@jit
+def block_input_gradients(d_x, x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel):
+    """block_gradients' dx_tm[lo:hi] = d_x W^T and d_kernel += x^T d_x alone (the
+    recurrent kernel's share computed otherwise: kernels._dropout)."""
+    n = (hi - lo) * d_x.shape[1]
+    width, inputs = d_x.shape[2], x_tm.shape[2]
     dx2 = d_x.reshape(n, width)
     gemm(dx2, kernel_t, dx_tm[lo:hi].reshape(n, inputs), False)
     gemm_tn(x_tm[lo:hi].reshape(n, inputs), dx2, d_kernel, hi < time)
-    gemm_tn(h_prev.reshape(n, units), d_h.reshape(n, width), d_recurrent, hi < time)
 
 
 # Nopython forms of the launchers' layout steps, for the cores (a whole kernel call

@@ -230,7 +230,7 @@ def _empty_recurrence(cell, bound):
         v.activation_code(a["recurrent_activation"], "recurrent_activation")
     v.check_mask(a["mask"], 0, x.shape[1], xp)
     if "recurrent_mask" in a:
-        v.check_recurrent_mask(a["recurrent_mask"], 0, units, x.dtype, xp)
+        v.check_recurrent_mask(a["recurrent_mask"], 0, kernel.shape[1], x.dtype, xp)
     empty = xp.empty((0, units), x.dtype)
     return (xp.empty((0, x.shape[1], units), x.dtype), *[empty.copy() for _ in _STATES[cell]],
             empty_saved(cell, x, kernel, recurrent_kernel, bias is not None, reset_after))

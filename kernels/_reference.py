@@ -53,6 +53,31 @@ def f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
+def gate_products(h, U, rm):
+    """[(h * m_g) U_g for each gate g], side by side: h [B, H] @ U [H, G*H] under a
+    per-gate recurrent dropout mask rm [B, G*H] (gate g's columns gH..(g+1)H), or
+    plain h @ U when rm is None."""
+    if rm is None:
+        return h @ U
+    H = U.shape[0]
+    return np.concatenate([(h * rm[:, g * H:(g + 1) * H]) @ U[:, g * H:(g + 1) * H]
+                           for g in range(U.shape[1] // H)], axis=1)
+
+
+def gate_products_backward(h, U, rm, dz):
+    """(dL/dh, dL/dU) of gate_products(h, U, rm) given dz = dL/d(its result)."""
+    if rm is None:
+        return dz @ U.T, h.T @ dz
+    H = U.shape[0]
+    dh = np.zeros_like(h)
+    dU = np.zeros_like(U)
+    for g in range(U.shape[1] // H):
+        cols = slice(g * H, (g + 1) * H)
+        dh += (dz[:, cols] @ U[:, cols].T) * rm[:, cols]
+        dU[:, cols] = (h * rm[:, cols]).T @ dz[:, cols]
+    return dh, dU
+
+
 def run_forward(step, x, states, mask, go_backwards):
     """Run `step` over time with Keras' mask rules. Returns out, states, tape."""
     x = f64(x)

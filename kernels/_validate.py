@@ -143,12 +143,13 @@ def check_weights(x, kernel, recurrent_kernel, gates, bias, bias_shape, xp=np):
     return kernel, recurrent_kernel, bias, units
 
 
-def check_recurrent_mask(mask, batch, units, dtype, xp=np):
-    """Recurrent dropout mask [B, H] in x's dtype; an empty [0, 0] array when None."""
+def check_recurrent_mask(mask, batch, width, dtype, xp=np, meaning="[batch, units]"):
+    """Recurrent dropout mask [B, width] in x's dtype (width H, or G*H: one mask per
+    gate side by side); an empty [0, 0] array when None."""
     if mask is None:
         return xp.zeros((0, 0), dtype)
     mask = float_array(mask, "recurrent_mask", dtype, xp)
-    expect_shape(mask, "recurrent_mask", (batch, units), "[batch, units]")
+    expect_shape(mask, "recurrent_mask", (batch, width), meaning)
     return mask
 
 

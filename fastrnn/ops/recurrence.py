@@ -397,28 +397,34 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
 
 
 def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,
-        go_backwards=False, activation="tanh", recurrent_activation="sigmoid", device="cpu"):
-    """GRU over a sequence as a differentiable TF op. Returns (outputs, h_last)."""
+        go_backwards=False, activation="tanh", recurrent_activation="sigmoid",
+        recurrent_mask=None, device="cpu"):
+    """GRU over a sequence as a differentiable TF op. Returns (outputs, h_last).
+
+    recurrent_mask [B, 3H]: Keras' per-gate recurrent dropout masks (z | r | h side by
+    side; each gate's recurrent product takes h_{t-1} * its mask)."""
     meta = dict(has_bias=bias is not None, reset_after=bool(reset_after),
                 act=_validate.activation_code(activation),
                 ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
                 go_backwards=bool(go_backwards))
     native = native_route(device)
     if native is not None:
-        (x_c, h0_c, w, u, b) = _native_inputs(x, [x, h0, kernel, recurrent_kernel, bias])
+        (x_c, h0_c, w, u, b, rm) = _native_inputs(
+            x, [x, h0, kernel, recurrent_kernel, bias, recurrent_mask])
         out, h_last = native.gru(x_c, h0_c, w, u, b, mask, reset_after=meta["reset_after"],
                                  go_backwards=meta["go_backwards"], act=meta["act"],
-                                 ract=meta["ract"], max_parts=MAX_PARTS)
+                                 ract=meta["ract"], max_parts=MAX_PARTS, recurrent_mask=rm)
         return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype)
 
     def forward(x, h0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return kernels.gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=mask,
                                    reset_after=reset_after, go_backwards=go_backwards,
-                                   activation=activation, recurrent_activation=recurrent_activation)
+                                   activation=activation, recurrent_activation=recurrent_activation,
+                                   recurrent_mask=recurrent_mask)
 
     out, (h_last,) = _recurrence(forward, kernels.gru_backward, gru_cpu.GRUSaved, meta, x, [h0],
                                  [kernel, recurrent_kernel, bias], mask, recurrent_kernel.shape[0],
-                                 device=device)
+                                 recurrent_mask, device=device)
     return out, h_last
 
 
@@ -479,26 +485,31 @@ def mingru(x, h0, kernel, bias, mask=None, *, go_backwards=False, device="cpu"):
 
 
 def lstm(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, *, go_backwards=False,
-         activation="tanh", recurrent_activation="sigmoid", device="cpu"):
-    """LSTM over a sequence as a differentiable TF op. Returns (outputs, h_last, c_last)."""
+         activation="tanh", recurrent_activation="sigmoid", recurrent_mask=None, device="cpu"):
+    """LSTM over a sequence as a differentiable TF op. Returns (outputs, h_last, c_last).
+
+    recurrent_mask [B, 4H]: Keras' per-gate recurrent dropout masks (i | f | c | o side
+    by side; gate g's recurrent product takes h_{t-1} * its mask)."""
     meta = dict(has_bias=bias is not None, act=_validate.activation_code(activation),
                 ract=_validate.activation_code(recurrent_activation, "recurrent_activation"),
                 go_backwards=bool(go_backwards))
     native = native_route(device)
     if native is not None:
-        (x_c, h0_c, c0_c, w, u, b) = _native_inputs(
-            x, [x, h0, c0, kernel, recurrent_kernel, bias])
+        (x_c, h0_c, c0_c, w, u, b, rm) = _native_inputs(
+            x, [x, h0, c0, kernel, recurrent_kernel, bias, recurrent_mask])
         out, h_last, c_last = native.lstm(x_c, h0_c, c0_c, w, u, b, mask,
                                           go_backwards=meta["go_backwards"], act=meta["act"],
-                                          ract=meta["ract"], max_parts=MAX_PARTS)
+                                          ract=meta["ract"], max_parts=MAX_PARTS,
+                                          recurrent_mask=rm)
         return tf.cast(out, x.dtype), tf.cast(h_last, x.dtype), tf.cast(c_last, x.dtype)
 
     def forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, recurrent_mask):
         return kernels.lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=mask,
                                      go_backwards=go_backwards, activation=activation,
-                                     recurrent_activation=recurrent_activation)
+                                     recurrent_activation=recurrent_activation,
+                                     recurrent_mask=recurrent_mask)
 
     out, (h_last, c_last) = _recurrence(forward, kernels.lstm_backward, lstm_cpu.LSTMSaved, meta,
                                         x, [h0, c0], [kernel, recurrent_kernel, bias], mask,
-                                        recurrent_kernel.shape[0], device=device)
+                                        recurrent_kernel.shape[0], recurrent_mask, device=device)
     return out, h_last, c_last

@@ -29,6 +29,13 @@ from .. import _microgemm
 from .._abi import address_to_pointer
 from .._blas import gemm_tn
 from .._microgemm import packed_or_empty, product, transposed_for_product
+from .._dropout import (
+    dropped_product,
+    dropped_product_t,
+    dropped_recurrent_gradient,
+    gate_blocks,
+    gate_blocks_transposed,
+)
 from .._cpu_common import (
     activate,
     activation_grad,
@@ -39,6 +46,7 @@ from .._cpu_common import (
     copy_2d,
     inline_jit,
     block_gradients,
+    block_input_gradients,
     jit,
     mask_into,
     masked_output_rows,
@@ -56,14 +64,20 @@ from .._cpu_common import (
 
 @jit
 def _forward_reset_after(gates, recurrent_kernel, recurrent_packed, b_sum, b_in, b_rec, states,
-                         hh_saved, out, mask, first, act, ract):
+                         hh_saved, out, mask, first, act, ract, rec_mask, mats, mats_packed):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows). hh_saved [T, B, H].
-    # b_sum = b_in + b_rec (only its z | r part is read).
+    # b_sum = b_in + b_rec (only its z | r part is read). rec_mask [B, 3H] per-gate
+    # recurrent dropout with mats, mats_packed its gate blocks (kernels._dropout), or [0, 0].
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, width), gates.dtype)
+    hm = np.empty((batch if rec_mask.size else 0, units), gates.dtype)
+    part = np.empty((batch if rec_mask.size else 0, units), gates.dtype)
     for t in range(time):
-        product(states[t], recurrent_kernel, recurrent_packed, rec, False)
+        if rec_mask.size:
+            dropped_product(states[t], rec_mask, mats, mats_packed, hm, part, rec)
+        else:
+            product(states[t], recurrent_kernel, recurrent_packed, rec, False)
         for b in range(batch):
             if not mask[t, b]:
                 continue
@@ -93,7 +107,7 @@ def _forward_reset_after(gates, recurrent_kernel, recurrent_packed, b_sum, b_in,
 @jit
 def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_kernel_t,
                           recurrent_t_packed, kernel_t, mask, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
-                          d_recurrent, d_b_in, d_b_hh):
+                          d_recurrent, d_b_in, d_b_hh, rec_mask, mats_t, packed_t):
     # Time runs backward in blocks of `steps` steps. Within a block, d_xw and d_hu
     # [steps, B, 3H] (scratch, indexed t - block start) get dL/d(x W + b_in) and
     # dL/d(h U + b_rec); after it, while they are still in cache, three GEMMs turn
@@ -107,6 +121,8 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
     dp_z = d_pre[:units]
     dp_r = d_pre[units:2 * units]
     dp_c = d_pre[2 * units:]
+    dzg = np.empty((batch if rec_mask.size else 0, units), dh.dtype)
+    part = np.empty((batch if rec_mask.size else 0, units), dh.dtype)
     hi = time
     while hi > 0:
         lo = max(0, hi - steps)
@@ -146,24 +162,38 @@ def _backward_reset_after(gates, hh_saved, states, x_tm, d_out, dh, recurrent_ke
                     d_b_in[j] += d_pre[j]
                 for j in range(units):
                     d_b_hh[j] += du_row[2 * units + j]
-            product(d_hu[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
+            if rec_mask.size:
+                dropped_product_t(d_hu[t - lo], rec_mask, mats_t, packed_t, dzg, part, rec)
+            else:
+                product(d_hu[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
             add_unmasked_rows(dh, rec, mask, t)
-        block_gradients(d_xw[:hi - lo], d_hu[:hi - lo], states[lo:hi], x_tm, kernel_t, lo, hi,
-                        time, dx_tm, d_kernel, d_recurrent)
+        if rec_mask.size:
+            block_input_gradients(d_xw[:hi - lo], x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel)
+            dropped_recurrent_gradient(states[lo:hi], d_hu[:hi - lo], rec_mask, 3, d_recurrent,
+                                       hi < time)
+        else:
+            block_gradients(d_xw[:hi - lo], d_hu[:hi - lo], states[lo:hi], x_tm, kernel_t, lo,
+                            hi, time, dx_tm, d_kernel, d_recurrent)
         hi = lo
 
 
 @jit
 def _forward_reset_before(gates, kernel_zr, zr_packed, kernel_h, h_packed, bias, states, rh_saved,
-                          out, mask, first, act, ract):
+                          out, mask, first, act, ract, rec_mask, mats, mats_packed):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows).
-    # rh_saved [T, B, H] = r * h_{t-1}.
+    # rh_saved [T, B, H] = r * h_{t-1} (* m_h under recurrent dropout: rec_mask [B, 3H],
+    # mats, mats_packed the z and r gate blocks, kernels._dropout; or [0, 0]).
     time, batch, width = gates.shape
     units = width // 3
     rec_zr = np.empty((batch, 2 * units), gates.dtype)
     rec_h = np.empty((batch, units), gates.dtype)
+    hm = np.empty((batch if rec_mask.size else 0, units), gates.dtype)
+    part = np.empty((batch if rec_mask.size else 0, units), gates.dtype)
     for t in range(time):
-        product(states[t], kernel_zr, zr_packed, rec_zr, False)
+        if rec_mask.size:
+            dropped_product(states[t], rec_mask, mats, mats_packed, hm, part, rec_zr)
+        else:
+            product(states[t], kernel_zr, zr_packed, rec_zr, False)
         for b in range(batch):
             rh = rh_saved[t, b]
             if not mask[t, b]:
@@ -178,6 +208,9 @@ def _forward_reset_before(gates, kernel_zr, zr_packed, kernel_h, h_packed, bias,
             activate(ract, zr)
             for j in range(units):
                 rh[j] = r[j] * h_prev[j]
+            if rec_mask.size:
+                for j in range(units):
+                    rh[j] *= rec_mask[b, 2 * units + j]
         product(rh_saved[t], kernel_h, h_packed, rec_h, False)
         for b in range(batch):
             if not mask[t, b]:
@@ -198,7 +231,8 @@ def _forward_reset_before(gates, kernel_zr, zr_packed, kernel_h, h_packed, bias,
 
 @jit
 def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, zr_t_packed, kernel_h_t,
-                           h_t_packed, mask, first, act, ract, d_xw, d_b):
+                           h_t_packed, mask, first, act, ract, d_xw, d_b, rec_mask, mats_t,
+                           packed_t):
     # d_xw [T, B, 3H] = dL/d(x W + b); its z | r columns are also dL/d(h U_zr).
     # d_b [3H] += column sums of d_xw (float64).
     time, batch, width = gates.shape
@@ -207,6 +241,8 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, zr_t_packed, k
     d_rh = np.empty((batch, units), dh.dtype)
     d_zr = np.empty((batch, 2 * units), dh.dtype)
     rec = np.empty((batch, units), dh.dtype)
+    dzg = np.empty((batch if rec_mask.size else 0, units), dh.dtype)
+    part = np.empty((batch if rec_mask.size else 0, units), dh.dtype)
     for t in range(time - 1, -1, -1):
         add_output_grad(dh, d_out, mask, first, t)
         for b in range(batch):
@@ -240,25 +276,38 @@ def _backward_reset_before(gates, states, d_out, dh, kernel_zr_t, zr_t_packed, k
             h_prev = states[t, b]
             dhb = dh[b]
             activation_grad(ract, r, dpr)
-            for j in range(units):
-                dpr[j] *= drh[j] * h_prev[j]
-            for j in range(units):
-                dhb[j] += drh[j] * r[j]
+            if rec_mask.size:
+                # rh = r * (h_{t-1} * m_h)
+                mh = rec_mask[b, 2 * units:]
+                for j in range(units):
+                    dpr[j] *= drh[j] * h_prev[j] * mh[j]
+                for j in range(units):
+                    dhb[j] += drh[j] * r[j] * mh[j]
+            else:
+                for j in range(units):
+                    dpr[j] *= drh[j] * h_prev[j]
+                for j in range(units):
+                    dhb[j] += drh[j] * r[j]
             copy_1d(dx_row[:2 * units], d_zr[b])
             copy_1d(dx_row[2 * units:], d_pc[b])
             for j in range(width):
                 d_b[j] += dx_row[j]
-        product(d_zr, kernel_zr_t, zr_t_packed, rec, False)
+        if rec_mask.size:
+            dropped_product_t(d_zr, rec_mask, mats_t, packed_t, dzg, part, rec)
+        else:
+            product(d_zr, kernel_zr_t, zr_t_packed, rec, False)
         add_unmasked_rows(dh, rec, mask, t)
 
 
 @inline_jit
 def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
-                 act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
+                 act, ract, recurrent_mask, packed, out, h_last, x_tm, gates, extra, states,
+                 mask_tm, first):
     """A whole gru_forward call on preallocated arrays (the launcher's and the
     TensorFlow op's one implementation). x [B, T, I], h0 [B, H], bias [2, 3H]
     (reset_after: input row, recurrent row) or [1, 3H], zeros for no bias; mask
-    [B, T] read only if has_mask; packed: use the packed per-step product.
+    [B, T] read only if has_mask; recurrent_mask [B, 3H] per-gate recurrent dropout
+    (kernels._dropout) or [0, 0]; packed: use the packed per-step product.
     Writes out [B, T, H], h_last [B, H] and what the backward reads: x_tm [T, B, I],
     gates [T, B, 3H], extra [T, B, H], states [T + 1, B, H], mask_tm [T, B], first [B]."""
     time, batch, inputs = x_tm.shape
@@ -268,22 +317,27 @@ def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_af
     mask_into(mask, has_mask, go_backwards, mask_tm, first)
     project(x_tm.reshape(time * batch, inputs), kernel, gates.reshape(time * batch, width))
     copy_2d(states[0], h0)
+    dropped = recurrent_mask.size > 0
     if reset_after:
-        _forward_reset_after(gates, recurrent_kernel, packed_or_empty(recurrent_kernel, packed),
+        mats, mats_packed = gate_blocks(recurrent_kernel, 3 if dropped else 0, packed)
+        _forward_reset_after(gates, recurrent_kernel,
+                             packed_or_empty(recurrent_kernel, packed and not dropped),
                              bias[0] + bias[1], bias[0], bias[1], states, extra, out, mask_tm,
-                             first, act, ract)
+                             first, act, ract, recurrent_mask, mats, mats_packed)
     else:
         kernel_zr = np.ascontiguousarray(recurrent_kernel[:, :2 * units])
         kernel_h = np.ascontiguousarray(recurrent_kernel[:, 2 * units:])
-        _forward_reset_before(gates, kernel_zr, packed_or_empty(kernel_zr, packed), kernel_h,
-                              packed_or_empty(kernel_h, packed), bias[0], states, extra, out,
-                              mask_tm, first, act, ract)
+        mats, mats_packed = gate_blocks(recurrent_kernel, 2 if dropped else 0, packed)
+        _forward_reset_before(gates, kernel_zr, packed_or_empty(kernel_zr, packed and not dropped),
+                              kernel_h, packed_or_empty(kernel_h, packed), bias[0], states, extra,
+                              out, mask_tm, first, act, ract, recurrent_mask, mats, mats_packed)
     copy_2d(h_last, states[time])
 
 
 @inline_jit
-def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
-                  reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
+def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
+                  recurrent_mask, d_out, dh, reset_after, go_backwards, act, ract, packed, dx,
+                  d_kernel, d_recurrent, d_bias):
     """A whole gru_backward call on preallocated arrays. dh [B, H]: d_h_last on entry,
     dh0 on exit. Writes dx [B, T, I], d_kernel [I, 3H], d_recurrent [H, 3H] and
     d_bias [2, 3H] (reset_after) or [1, 3H]; the other arrays as forward_core left them."""
@@ -293,16 +347,18 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
     dtype = dh.dtype
     d_b_in = np.zeros(width)  # bias gradients accumulate in float64 inside the loop
     dx_tm = np.empty((time, batch, inputs), dtype)
+    dropped = recurrent_mask.size > 0
     if reset_after:
         steps = steps_per_block(batch * width * dh.itemsize, time)
         d_xw = np.empty((steps, batch, width), dtype)
         d_hu = np.empty((steps, batch, width), dtype)
         d_b_hh = np.zeros(units)
         rk_t, rk_t_packed = transposed_for_product(recurrent_kernel, packed)
+        mats_t, packed_t = gate_blocks_transposed(recurrent_kernel, 3 if dropped else 0, packed)
         _backward_reset_after(gates, extra, states, x_tm, d_out, dh, rk_t,
                               rk_t_packed, np.ascontiguousarray(kernel.T),
                               mask_tm, first, act, ract, steps, d_xw, d_hu, dx_tm, d_kernel,
-                              d_recurrent, d_b_in, d_b_hh)
+                              d_recurrent, d_b_in, d_b_hh, recurrent_mask, mats_t, packed_t)
         for j in range(width):
             d_bias[0, j] = d_b_in[j]
         for j in range(2 * units):
@@ -318,13 +374,17 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
             np.ascontiguousarray(recurrent_kernel[:, :2 * units]), packed)
         h_t, h_t_packed = transposed_for_product(
             np.ascontiguousarray(recurrent_kernel[:, 2 * units:]), packed)
+        mats_t, packed_t = gate_blocks_transposed(recurrent_kernel, 2 if dropped else 0, packed)
         _backward_reset_before(gates, states, d_out, dh, zr_t, zr_t_packed, h_t,
                                h_t_packed, mask_tm, first, act, ract, d_xw,
-                               d_b_in)
-        h_prev = states[:time].reshape(time * batch, units)
-        d_zr = np.empty((units, 2 * units), dtype)
-        gemm_tn(h_prev, np.ascontiguousarray(d_xw2[:, :2 * units]), d_zr, False)
-        copy_2d(d_recurrent[:, :2 * units], d_zr)
+                               d_b_in, recurrent_mask, mats_t, packed_t)
+        if dropped:
+            dropped_recurrent_gradient(states[:time], d_xw, recurrent_mask, 2, d_recurrent, False)
+        else:
+            h_prev = states[:time].reshape(time * batch, units)
+            d_zr = np.empty((units, 2 * units), dtype)
+            gemm_tn(h_prev, np.ascontiguousarray(d_xw2[:, :2 * units]), d_zr, False)
+            copy_2d(d_recurrent[:, :2 * units], d_zr)
         d_h = np.empty((units, units), dtype)
         rh = extra.reshape(time * batch, units)  # r * h_{t-1}
         gemm_tn(rh, np.ascontiguousarray(d_xw2[:, 2 * units:]), d_h, False)
@@ -340,12 +400,14 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
 # addresses of x, h0, kernel, recurrent_kernel, bias, mask, out, h_last, x_tm, gates,
 # extra, states, mask_tm, first; then batch, time, inputs, units, bias rows,
 # has_mask, reset_after, go_backwards, act, ract, packed (reset_after is a constant
-# of each variant's core, which does not read its slot).
-_FORWARD_ARGS = 25
+# of each variant's core, which does not read its slot); then the address of
+# recurrent_mask and its rows and columns ([B, 3H], or 0 and 0 for none).
+_FORWARD_ARGS = 28
 # Backward args: addresses of x_tm, gates, extra, states, mask_tm, first, kernel,
 # recurrent_kernel, d_out, dh, dx, d_kernel, d_recurrent, d_bias; then batch, time,
-# inputs, units, bias rows, reset_after, go_backwards, act, ract, packed.
-_BACKWARD_ARGS = 24
+# inputs, units, bias rows, reset_after, go_backwards, act, ract, packed; then
+# recurrent_mask as in the forward.
+_BACKWARD_ARGS = 27
 
 
 def _forward_cfunc(reset_after):
@@ -371,7 +433,8 @@ def _forward_run(dtype, reset_after):
             carray(address_to_pointer(a[4]), (rows, width), dtype),
             carray(address_to_pointer(a[5]), (batch if a[19] else 0, time if a[19] else 0),
                    np.bool_),
-            a[19] != 0, reset_after, a[21] != 0, a[22], a[23], a[24] != 0,
+            a[19] != 0, reset_after, a[21] != 0, a[22], a[23],
+            carray(address_to_pointer(a[25]), (a[26], a[27]), dtype), a[24] != 0,
             carray(address_to_pointer(a[6]), (batch, time, units), dtype),
             carray(address_to_pointer(a[7]), (batch, units), dtype),
             carray(address_to_pointer(a[8]), (time, batch, inputs), dtype),
@@ -408,6 +471,7 @@ def _backward_run(dtype, reset_after):
             carray(address_to_pointer(a[5]), batch, np.int64),
             carray(address_to_pointer(a[6]), (inputs, width), dtype),
             carray(address_to_pointer(a[7]), (units, width), dtype),
+            carray(address_to_pointer(a[24]), (a[25], a[26]), dtype),
             carray(address_to_pointer(a[8]), (batch, time, units), dtype),
             carray(address_to_pointer(a[9]), (batch, units), dtype),
             reset_after, a[20] != 0, a[21], a[22], a[23] != 0,
@@ -445,7 +509,8 @@ def prepare_cores(dtype, reset_after=True):
 
 @jit
 def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_after, go_backwards,
-                act, ract, packed, out, h_last, x_tm, gates, extra, states, mask_tm, first):
+                act, ract, recurrent_mask, packed, out, h_last, x_tm, gates, extra, states,
+                mask_tm, first):
     """forward_core through its compiled-once cfunc (call `prepare_cores(dtype,
     reset_after)` first).
     Returns whether it finished (False: it raised, and Numba printed the error)."""
@@ -456,14 +521,16 @@ def run_forward(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_aft
     a[12], a[13] = mask_tm.ctypes.data, first.ctypes.data
     a[14], a[15], a[16], a[17], a[18] = x.shape[0], x.shape[1], x.shape[2], h0.shape[1], bias.shape[0]
     a[19], a[20], a[21], a[22], a[23], a[24] = has_mask, reset_after, go_backwards, act, ract, packed
+    a[25], a[26], a[27] = recurrent_mask.ctypes.data, recurrent_mask.shape[0], recurrent_mask.shape[1]
     if reset_after:
         return _forward_after(x, a)
     return _forward_before(x, a)
 
 
 @jit
-def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel, d_out, dh,
-                 reset_after, go_backwards, act, ract, packed, dx, d_kernel, d_recurrent, d_bias):
+def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
+                 recurrent_mask, d_out, dh, reset_after, go_backwards, act, ract, packed, dx,
+                 d_kernel, d_recurrent, d_bias):
     """backward_core through its compiled-once cfunc (call `prepare_cores(dtype,
     reset_after)` first).
     Returns whether it finished (False: it raised, and Numba printed the error)."""
@@ -474,6 +541,7 @@ def run_backward(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_k
     a[12], a[13] = d_recurrent.ctypes.data, d_bias.ctypes.data
     a[14], a[15], a[16], a[17], a[18] = dh.shape[0], x_tm.shape[0], x_tm.shape[2], dh.shape[1], d_bias.shape[0]
     a[19], a[20], a[21], a[22], a[23] = reset_after, go_backwards, act, ract, packed
+    a[24], a[25], a[26] = recurrent_mask.ctypes.data, recurrent_mask.shape[0], recurrent_mask.shape[1]
     if reset_after:
         return _backward_after(dh, a)
     return _backward_before(dh, a)
@@ -492,6 +560,7 @@ class GRUSaved:
     first: np.ndarray
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
+    recurrent_mask: np.ndarray  # [B, 3H], or [0, 0] without recurrent dropout
     has_bias: bool
     reset_after: bool
     act: int
@@ -507,7 +576,8 @@ def _bias_shape(reset_after):
 
 
 def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=True,
-                go_backwards=False, activation="tanh", recurrent_activation="sigmoid"):
+                go_backwards=False, activation="tanh", recurrent_activation="sigmoid",
+                recurrent_mask=None):
     """GRU over a whole sequence, Keras semantics and weight layout (z | r | h).
 
     Args:
@@ -522,6 +592,9 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
         go_backwards: process time in reverse; outputs are in processing order.
         activation: candidate activation ("tanh" default; see kernels.ACTIVATIONS).
         recurrent_activation: gate activation ("sigmoid" default).
+        recurrent_mask: [B, 3H] or None. Keras' per-gate recurrent dropout
+            (implementation=1), gates z | r | h side by side: each gate's recurrent
+            product takes h_{t-1} * its mask (reset_after=False: (r * h_{t-1} * m_h) U_h).
 
     Returns:
         out [B, T, H], h_last [B, H], saved (for gru_backward).
@@ -545,12 +618,15 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     act = v.activation_code(activation)
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
     mask = v.check_mask(mask, batch, time)
+    rec_mask = v.check_recurrent_mask(recurrent_mask, batch, 3 * units, x.dtype,
+                                      meaning="[batch, 3 * units] (a mask per gate)")
     parts = _parts.plan(batch, time, x.shape[2], 3 * units)
     if parts > 1:
         return _parts.forward(lambda rows: gru_forward(
             x[rows], h0[rows], kernel, recurrent_kernel, bias,
             None if mask is None else mask[rows], reset_after, go_backwards, activation,
-            recurrent_activation), batch, time, units, x.dtype, parts)
+            recurrent_activation, rec_mask[rows] if rec_mask.size else None),
+            batch, time, units, x.dtype, parts)
     has_bias = bias is not None
     bias2 = (np.zeros((2 if reset_after else 1, 3 * units), x.dtype) if bias is None
              else bias.reshape(-1, 3 * units))
@@ -565,10 +641,11 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     prepare_cores(x.dtype, reset_after)
     _abi.finished(run_forward(
         x, h0, kernel, recurrent_kernel, bias2, _NO_MASK if mask is None else mask,
-        mask is not None, bool(reset_after), bool(go_backwards), act, ract, _microgemm.wanted(),
-        out, h_last, x_tm, gates, extra, states, mask_tm, first), "gru_forward")
+        mask is not None, bool(reset_after), bool(go_backwards), act, ract, rec_mask,
+        _microgemm.wanted(), out, h_last, x_tm, gates, extra, states, mask_tm, first),
+        "gru_forward")
     saved = GRUSaved(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
-                     has_bias, bool(reset_after), act, ract, go_backwards)
+                     rec_mask, has_bias, bool(reset_after), act, ract, go_backwards)
     return out, h_last, saved
 
 
@@ -600,7 +677,7 @@ def gru_backward(saved, d_out, d_h_last):
     prepare_cores(dtype, saved.reset_after)
     _abi.finished(run_backward(
         saved.x_tm, saved.gates, saved.extra, saved.states, saved.mask, saved.first,
-        saved.kernel, saved.recurrent_kernel, d_out, dh, saved.reset_after,
+        saved.kernel, saved.recurrent_kernel, saved.recurrent_mask, d_out, dh, saved.reset_after,
         bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx, d_kernel,
         d_recurrent, d_bias), "gru_backward")
     if not saved.has_bias:

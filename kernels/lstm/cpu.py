@@ -25,12 +25,20 @@ from .. import _abi, _microgemm, _parts, _pool
 from .. import _validate as v
 from .._abi import put, view1, view2, view3
 from .._microgemm import packed_or_empty, product, transposed_for_product
+from .._dropout import (
+    dropped_product,
+    dropped_product_t,
+    dropped_recurrent_gradient,
+    gate_blocks,
+    gate_blocks_transposed,
+)
 from .._cpu_common import (
     activate,
     activation_grad,
     add_output_grad,
     batch_major_into,
     block_gradients,
+    block_input_gradients,
     inline_jit,
     jit,
     mask_into,
@@ -58,11 +66,12 @@ def _copy_rows(src, dst):
 
 @inline_jit
 def forward_core(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
-                 ract, packed, out, h_last, c_last, x_tm, gates, h_states, c_states, tanh_c,
-                 mask_tm, first):
+                 ract, recurrent_mask, packed, out, h_last, c_last, x_tm, gates, h_states,
+                 c_states, tanh_c, mask_tm, first):
     """A whole lstm_forward call on preallocated arrays (the launcher's and the
     TensorFlow op's one implementation). x [B, T, I], h0, c0 [B, H], bias [4H]
-    (zeros for no bias); mask [B, T] read only if has_mask; packed: use the packed
+    (zeros for no bias); mask [B, T] read only if has_mask; recurrent_mask [B, 4H]
+    per-gate recurrent dropout (kernels._dropout) or [0, 0]; packed: use the packed
     per-step product. Writes out [B, T, H], h_last, c_last [B, H] and what the
     backward reads: x_tm [T, B, I], gates [T, B, 4H] (i | f | g | o of unmasked
     rows), h_states, c_states [T + 1, B, H] (row 0: h0, c0), tanh_c [T, B, H]
@@ -75,10 +84,17 @@ def forward_core(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_b
     project(x_tm.reshape(time * batch, inputs), kernel, gates.reshape(time * batch, width))
     _copy_rows(h0, h_states[0])
     _copy_rows(c0, c_states[0])
-    recurrent_packed = packed_or_empty(recurrent_kernel, packed)
+    dropped = recurrent_mask.size > 0
+    recurrent_packed = packed_or_empty(recurrent_kernel, packed and not dropped)
+    mats, mats_packed = gate_blocks(recurrent_kernel, 4 if dropped else 0, packed)
+    hm = np.empty((batch if dropped else 0, units), gates.dtype)
+    part = np.empty((batch if dropped else 0, units), gates.dtype)
     rec = np.empty((batch, width), gates.dtype)
     for t in range(time):
-        product(h_states[t], recurrent_kernel, recurrent_packed, rec, False)
+        if dropped:
+            dropped_product(h_states[t], recurrent_mask, mats, mats_packed, hm, part, rec)
+        else:
+            product(h_states[t], recurrent_kernel, recurrent_packed, rec, False)
         for b in range(batch):
             if not mask_tm[t, b]:
                 for j in range(units):
@@ -115,7 +131,8 @@ def forward_core(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_b
 
 @jit
 def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, recurrent_t_packed,
-                    mask, first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi):
+                    mask, first, act, ract, dz, d_bias, rec, slope, slope_c, lo, hi,
+                    rec_mask, mats_t, packed_t, dzg, part):
     # Steps hi-1 down to lo of the backward recurrence; dz rows indexed t - lo.
     batch, width = dz.shape[1], dz.shape[2]
     units = width // 4
@@ -153,7 +170,10 @@ def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, 
                 dcb[j] *= f[j]
             for j in range(width):
                 d_bias[j] += dzr[j]
-        product(dz[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
+        if rec_mask.size:
+            dropped_product_t(dz[t - lo], rec_mask, mats_t, packed_t, dzg, part, rec)
+        else:
+            product(dz[t - lo], recurrent_kernel_t, recurrent_t_packed, rec, False)
         for b in range(batch):
             if mask[t, b]:
                 for j in range(units):
@@ -162,8 +182,8 @@ def _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_kernel_t, 
 
 @inline_jit
 def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
-                  recurrent_kernel, d_out, dh, dc, go_backwards, act, ract, packed, dx,
-                  d_kernel, d_recurrent, d_bias, dz, dx_tm):
+                  recurrent_kernel, recurrent_mask, d_out, dh, dc, go_backwards, act, ract,
+                  packed, dx, d_kernel, d_recurrent, d_bias, dz, dx_tm):
     """A whole lstm_backward call on preallocated arrays. dh, dc [B, H]: d_h_last,
     d_c_last on entry, dh0, dc0 on exit. Writes dx [B, T, I], d_kernel [I, 4H],
     d_recurrent [H, 4H] and d_bias [4H]; the other arrays as forward_core left them.
@@ -183,7 +203,11 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     dtype = dh.dtype
     steps = dz.shape[0]
     d_b = np.zeros(width)  # the bias gradient accumulates in float64 inside the loop
+    dropped = recurrent_mask.size > 0
     recurrent_t, recurrent_t_packed = transposed_for_product(recurrent_kernel, packed)
+    mats_t, packed_t = gate_blocks_transposed(recurrent_kernel, 4 if dropped else 0, packed)
+    dzg = np.empty((batch if dropped else 0, units), dtype)
+    part = np.empty((batch if dropped else 0, units), dtype)
     kernel_t = np.ascontiguousarray(kernel.T)
     rec = np.empty((batch, units), dtype)
     slope = np.empty(width, dtype)
@@ -192,9 +216,15 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     while hi > 0:
         lo = max(0, hi - steps)
         _backward_block(gates, c_states, tanh_c, d_out, dh, dc, recurrent_t, recurrent_t_packed,
-                        mask_tm, first, act, ract, dz, d_b, rec, slope, slope_c, lo, hi)
-        block_gradients(dz[:hi - lo], dz[:hi - lo], h_states[lo:hi], x_tm, kernel_t, lo, hi,
-                        time, dx_tm, d_kernel, d_recurrent)
+                        mask_tm, first, act, ract, dz, d_b, rec, slope, slope_c, lo, hi,
+                        recurrent_mask, mats_t, packed_t, dzg, part)
+        if dropped:
+            block_input_gradients(dz[:hi - lo], x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel)
+            dropped_recurrent_gradient(h_states[lo:hi], dz[:hi - lo], recurrent_mask, 4,
+                                       d_recurrent, hi < time)
+        else:
+            block_gradients(dz[:hi - lo], dz[:hi - lo], h_states[lo:hi], x_tm, kernel_t, lo,
+                            hi, time, dx_tm, d_kernel, d_recurrent)
         hi = lo
     for j in range(width):
         d_bias[j] = d_b[j]
@@ -203,8 +233,8 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
 
 # The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
-_FORWARD_ARRAYS, _FORWARD_ARGS = 17, 17 * _abi.SLOTS + 5
-_BACKWARD_ARRAYS, _BACKWARD_ARGS = 18, 18 * _abi.SLOTS + 4
+_FORWARD_ARRAYS, _FORWARD_ARGS = 18, 18 * _abi.SLOTS + 5
+_BACKWARD_ARRAYS, _BACKWARD_ARGS = 19, 19 * _abi.SLOTS + 4
 
 
 def _forward_cfunc(dtype):
@@ -216,7 +246,7 @@ def _forward_cfunc(dtype):
         forward_core(view3(a, 0, dtype), view2(a, 4, dtype), view2(a, 8, dtype),
                      view2(a, 12, dtype), view2(a, 16, dtype), view1(a, 20, dtype),
                      view2(a, 24, np.bool_), a[s] != 0, a[s + 1] != 0, a[s + 2], a[s + 3],
-                     a[s + 4] != 0, view3(a, 28, dtype), view2(a, 32, dtype),
+                     view2(a, 68, dtype), a[s + 4] != 0, view3(a, 28, dtype), view2(a, 32, dtype),
                      view2(a, 36, dtype), view3(a, 40, dtype), view3(a, 44, dtype),
                      view3(a, 48, dtype), view3(a, 52, dtype), view3(a, 56, dtype),
                      view2(a, 60, np.bool_), view1(a, 64, np.int64))
@@ -234,7 +264,7 @@ def _backward_cfunc(dtype):
         backward_core(view3(a, 0, dtype), view3(a, 4, dtype), view3(a, 8, dtype),
                       view3(a, 12, dtype), view3(a, 16, dtype), view2(a, 20, np.bool_),
                       view1(a, 24, np.int64), view2(a, 28, dtype), view2(a, 32, dtype),
-                      view3(a, 36, dtype), view2(a, 40, dtype), view2(a, 44, dtype),
+                      view2(a, 72, dtype), view3(a, 36, dtype), view2(a, 40, dtype), view2(a, 44, dtype),
                       a[s] != 0, a[s + 1], a[s + 2], a[s + 3] != 0, view3(a, 48, dtype),
                       view2(a, 52, dtype), view2(a, 56, dtype), view1(a, 60, dtype),
                       view3(a, 64, dtype), view3(a, 68, dtype))
@@ -249,8 +279,8 @@ _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
 
 @jit
 def run_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_backwards, act,
-                ract, packed, out, h_last, c_last, x_tm, gates, h_states, c_states, tanh_c,
-                mask_tm, first):
+                ract, recurrent_mask, packed, out, h_last, c_last, x_tm, gates, h_states,
+                c_states, tanh_c, mask_tm, first):
     """forward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
     Returns whether it finished (False: it raised, and Numba printed the error)."""
     a = np.zeros(_FORWARD_ARGS + 1, np.int64)
@@ -271,6 +301,7 @@ def run_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_ba
     put(a, 56, tanh_c)
     put(a, 60, mask_tm)
     put(a, 64, first)
+    put(a, 68, recurrent_mask)
     s = _FORWARD_ARRAYS * _abi.SLOTS
     a[s], a[s + 1], a[s + 2], a[s + 3], a[s + 4] = has_mask, go_backwards, act, ract, packed
     return _forward_by_name(x, a)
@@ -278,8 +309,8 @@ def run_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_ba
 
 @jit
 def run_backward(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
-                 recurrent_kernel, d_out, dh, dc, go_backwards, act, ract, packed, dx, d_kernel,
-                 d_recurrent, d_bias, dz, dx_tm):
+                 recurrent_kernel, recurrent_mask, d_out, dh, dc, go_backwards, act, ract, packed,
+                 dx, d_kernel, d_recurrent, d_bias, dz, dx_tm):
     """backward_core through its compiled-once cfunc (call `prepare_cores(dtype)` first).
     Returns whether it finished (False: it raised, and Numba printed the error)."""
     a = np.zeros(_BACKWARD_ARGS + 1, np.int64)
@@ -301,6 +332,7 @@ def run_backward(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel
     put(a, 60, d_bias)
     put(a, 64, dz)
     put(a, 68, dx_tm)
+    put(a, 72, recurrent_mask)
     s = _BACKWARD_ARRAYS * _abi.SLOTS
     a[s], a[s + 1], a[s + 2], a[s + 3] = go_backwards, act, ract, packed
     return _backward_by_name(dh, a)
@@ -320,6 +352,7 @@ class LSTMSaved:
     first: np.ndarray
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
+    recurrent_mask: np.ndarray  # [B, 4H], or [0, 0] without recurrent dropout
     has_bias: bool
     act: int
     ract: int
@@ -330,7 +363,7 @@ _NO_MASK = np.ones((0, 0), np.bool_)
 
 
 def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwards=False,
-                 activation="tanh", recurrent_activation="sigmoid"):
+                 activation="tanh", recurrent_activation="sigmoid", recurrent_mask=None):
     """LSTM over a whole sequence, Keras semantics and weight layout (i | f | c | o).
 
     Args:
@@ -342,6 +375,9 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
         go_backwards: process time in reverse; outputs are in processing order.
         activation: for the candidate and for c_t ("tanh" default).
         recurrent_activation: for the i, f, o gates ("sigmoid" default).
+        recurrent_mask: [B, 4H] or None. Keras' per-gate recurrent dropout
+            (implementation=1): gate g's product takes h_{t-1} * recurrent_mask[:,
+            gH:(g+1)H] (the same masks at every step) before its block of U.
 
     Returns:
         out [B, T, H], h_last [B, H], c_last [B, H], saved (for lstm_backward).
@@ -355,12 +391,15 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     act = v.activation_code(activation)
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
     mask = v.check_mask(mask, batch, time)
+    rec_mask = v.check_recurrent_mask(recurrent_mask, batch, 4 * units, x.dtype,
+                                      meaning="[batch, 4 * units] (a mask per gate)")
     parts = _parts.plan(batch, time, x.shape[2], 4 * units)
     if parts > 1:
         return _parts.forward(lambda rows: lstm_forward(
             x[rows], h0[rows], c0[rows], kernel, recurrent_kernel, bias,
             None if mask is None else mask[rows], go_backwards, activation,
-            recurrent_activation), batch, time, units, x.dtype, parts)
+            recurrent_activation, rec_mask[rows] if rec_mask.size else None),
+            batch, time, units, x.dtype, parts)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(4 * units, x.dtype)
@@ -378,10 +417,10 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     prepare_cores(x.dtype)
     _abi.finished(run_forward(
         x, h0, c0, kernel, recurrent_kernel, bias, _NO_MASK if mask is None else mask,
-        mask is not None, bool(go_backwards), act, ract, _microgemm.wanted(), out, h_last,
-        c_last, x_tm, gates, h_states, c_states, tanh_c, mask_tm, first), "lstm_forward")
+        mask is not None, bool(go_backwards), act, ract, rec_mask, _microgemm.wanted(), out,
+        h_last, c_last, x_tm, gates, h_states, c_states, tanh_c, mask_tm, first), "lstm_forward")
     saved = LSTMSaved(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
-                      recurrent_kernel, has_bias, act, ract, go_backwards)
+                      recurrent_kernel, rec_mask, has_bias, act, ract, go_backwards)
     return out, h_last, c_last, saved
 
 
@@ -411,7 +450,7 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     prepare_cores(dtype)
     _abi.finished(run_backward(
         saved.x_tm, saved.gates, saved.h_states, saved.c_states, saved.tanh_c, saved.mask,
-        saved.first, saved.kernel, saved.recurrent_kernel, d_out, dh, dc,
+        saved.first, saved.kernel, saved.recurrent_kernel, saved.recurrent_mask, d_out, dh, dc,
         bool(saved.go_backwards), saved.act, saved.ract, _microgemm.wanted(), dx, d_kernel,
         d_recurrent, d_bias, _pool.empty((steps, batch, width), dtype),
         _pool.empty((time, batch, inputs), dtype)), "lstm_backward")

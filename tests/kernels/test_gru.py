@@ -107,3 +107,81 @@ def test_backward_in_blocks_of_steps(rng, monkeypatch, steps, mask_kind, go_back
     for reset_after in (True, False):
         check(rng, (B, T, I, H), dtype, mask_kind, go_backwards, reset_after,
               use_bias=steps == 1)
+
+
+def _gate_masks(rng, batch, units, dtype, keep=0.6):
+    """Keras-style per-gate dropout masks z | r | h side by side: [B, 3H] of 0 and 1/keep."""
+    return ((rng.random((batch, 3 * units)) < keep) / keep).astype(dtype)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_recurrent_mask_reference_by_finite_differences(rng, reset_after):
+    arrays = _arrays(rng, (3, 6, 4, 5), np.float64, reset_after)
+    check_gradients(reference.gru_forward, reference.gru_backward, arrays,
+                    mask=make_mask("holes", 3, 6, rng), reset_after=reset_after,
+                    recurrent_mask=_gate_masks(rng, 3, 5, np.float64))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_recurrent_mask_reference_as_keras_writes_it(rng, reset_after):
+    # One step written out as Keras' GRUCell (implementation=1) computes it.
+    arrays = _arrays(rng, (2, 1, 3, 4), np.float64, reset_after)
+    H = 4
+    m = _gate_masks(rng, 2, H, np.float64)
+    x, h, W, U = arrays["x"][:, 0], arrays["h0"], arrays["kernel"], arrays["recurrent_kernel"]
+    b_in, b_rec = (arrays["bias"][0], arrays["bias"][1]) if reset_after else (arrays["bias"], 0 * arrays["bias"])
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hz, hr, hh = h * m[:, :H], h * m[:, H:2 * H], h * m[:, 2 * H:]
+    z = sig(x @ W[:, :H] + b_in[:H] + hz @ U[:, :H] + b_rec[:H])
+    r = sig(x @ W[:, H:2 * H] + b_in[H:2 * H] + hr @ U[:, H:2 * H] + b_rec[H:2 * H])
+    if reset_after:
+        rec_h = r * (hh @ U[:, 2 * H:] + b_rec[2 * H:])
+    else:
+        rec_h = (r * hh) @ U[:, 2 * H:]
+    c = np.tanh(x @ W[:, 2 * H:] + b_in[2 * H:] + rec_h)
+    want = z * h + (1 - z) * c
+    out, _, _ = reference.gru_forward(**arrays, reset_after=reset_after, recurrent_mask=m)
+    np.testing.assert_allclose(out[:, 0], want, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_recurrent_mask(rng, dtype, reset_after, go_backwards, mask_kind):
+    B, T, I, H = 3, 13, 4, 6
+    check_kernel_against_reference(
+        kernels.gru_forward, kernels.gru_backward, reference.gru_forward, reference.gru_backward,
+        _arrays(rng, (B, T, I, H), dtype, reset_after), dtype, rng,
+        mask=make_mask(mask_kind, B, T, rng), reset_after=reset_after,
+        go_backwards=go_backwards, recurrent_mask=_gate_masks(rng, B, H, dtype))
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_recurrent_mask_in_blocks_of_steps(rng, monkeypatch, steps):
+    from fastrnn.kernels import _cpu_common
+
+    B, T, I, H = 3, 7, 4, 5
+    monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 3 * H * 4)
+    for dtype in DTYPES:
+        for reset_after in (True, False):
+            check_kernel_against_reference(
+                kernels.gru_forward, kernels.gru_backward, reference.gru_forward,
+                reference.gru_backward, _arrays(rng, (B, T, I, H), dtype, reset_after, steps == 1),
+                dtype, rng, mask=make_mask("holes", B, T, rng), reset_after=reset_after,
+                recurrent_mask=_gate_masks(rng, B, H, dtype))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_recurrent_mask_kernel_by_finite_differences(rng, reset_after):
+    check_gradients(kernels.gru_forward, kernels.gru_backward,
+                    _arrays(rng, (2, 5, 3, 4), np.float64, reset_after),
+                    mask=make_mask("holes", 2, 5, rng), reset_after=reset_after,
+                    recurrent_mask=_gate_masks(rng, 2, 4, np.float64))
+
+
+def test_recurrent_mask_validation():
+    x = np.ones((2, 3, 1))
+    with pytest.raises(ValueError, match=r"recurrent_mask.*\(2, 12\).*\(2, 4\)"):
+        kernels.gru_forward(x, None, np.ones((1, 12)), np.ones((4, 12)), None,
+                            recurrent_mask=np.ones((2, 4)))

@@ -94,3 +94,67 @@ def test_backward_in_blocks_of_steps(rng, monkeypatch, steps, mask_kind, go_back
     B, T, I, H = 3, 7, 4, 5
     monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 4 * H * np.dtype(dtype).itemsize)
     check(rng, (B, T, I, H), dtype, mask_kind, go_backwards, use_bias=steps == 1)
+
+
+def _gate_masks(rng, batch, units, gates, dtype, keep=0.6):
+    """Keras-style per-gate dropout masks side by side: [B, G*H] of 0 and 1/keep."""
+    return ((rng.random((batch, gates * units)) < keep) / keep).astype(dtype)
+
+
+def test_recurrent_mask_reference_by_finite_differences(rng):
+    arrays = _arrays(rng, (3, 6, 4, 5), np.float64)
+    mask = make_mask("holes", 3, 6, rng)
+    check_gradients(reference.lstm_forward, reference.lstm_backward, arrays, mask=mask,
+                    recurrent_mask=_gate_masks(rng, 3, 5, 4, np.float64))
+
+
+def test_recurrent_mask_reference_per_gate_by_hand(rng):
+    # Masking only gate g's copy of h changes only gate g's recurrent product.
+    arrays = _arrays(rng, (2, 1, 3, 4), np.float64)
+    H = 4
+    for g in range(4):
+        m = np.ones((2, 4 * H))
+        m[:, g * H:(g + 1) * H] = 0.0
+        out_m, _, _, _ = reference.lstm_forward(**arrays, recurrent_mask=m)
+        U = arrays["recurrent_kernel"].copy()
+        U[:, g * H:(g + 1) * H] = 0.0
+        out_u, _, _, _ = reference.lstm_forward(**{**arrays, "recurrent_kernel": U})
+        np.testing.assert_allclose(out_m, out_u, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_recurrent_mask(rng, dtype, go_backwards, mask_kind):
+    B, T, I, H = 3, 13, 4, 6
+    check_kernel_against_reference(
+        kernels.lstm_forward, kernels.lstm_backward, reference.lstm_forward,
+        reference.lstm_backward, _arrays(rng, (B, T, I, H), dtype), dtype, rng,
+        mask=make_mask(mask_kind, B, T, rng), go_backwards=go_backwards,
+        recurrent_mask=_gate_masks(rng, B, H, 4, dtype))
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_recurrent_mask_in_blocks_of_steps(rng, monkeypatch, steps):
+    from fastrnn.kernels import _cpu_common
+
+    B, T, I, H = 3, 7, 4, 5
+    monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 4 * H * 4)
+    for dtype in DTYPES:
+        check_kernel_against_reference(
+            kernels.lstm_forward, kernels.lstm_backward, reference.lstm_forward,
+            reference.lstm_backward, _arrays(rng, (B, T, I, H), dtype, steps == 1), dtype, rng,
+            mask=make_mask("holes", B, T, rng), recurrent_mask=_gate_masks(rng, B, H, 4, dtype))
+
+
+def test_recurrent_mask_kernel_by_finite_differences(rng):
+    check_gradients(kernels.lstm_forward, kernels.lstm_backward,
+                    _arrays(rng, (2, 5, 3, 4), np.float64), mask=make_mask("holes", 2, 5, rng),
+                    recurrent_mask=_gate_masks(rng, 2, 4, 4, np.float64))
+
+
+def test_recurrent_mask_validation():
+    x = np.ones((2, 3, 1))
+    with pytest.raises(ValueError, match=r"recurrent_mask.*\(2, 16\).*\(2, 4\)"):
+        kernels.lstm_forward(x, None, None, np.ones((1, 16)), np.ones((4, 16)), None,
+                             recurrent_mask=np.ones((2, 4)))

@@ -41,14 +41,22 @@ def close(a, b, dtype, what):
     assert err <= TOL[dtype], f"{what}: relative error {err:.2e}"
 
 
-def through_ops(x, h0, kernel, recurrent, bias, mask, d_out, d_h, parts=1, **config):
+def gate_masks(dtype, seed=3):
+    """Per-gate recurrent dropout masks [B, 3H] (Keras' 0 or 1/keep)."""
+    rng = np.random.default_rng(seed)
+    return ((rng.random((B, 3 * H)) < 0.7) / 0.7).astype(dtype)
+
+
+def through_ops(x, h0, kernel, recurrent, bias, mask, d_out, d_h, parts=1, recurrent_mask=None,
+                **config):
     """(out, h_last, dx, dh0, d_kernel, d_recurrent, d_bias) through native.gru."""
     tensors = [tf.constant(a) for a in (x, h0, kernel, recurrent)]
     b = None if bias is None else tf.constant(bias)
+    rm = None if recurrent_mask is None else tf.constant(recurrent_mask)
     with tf.GradientTape() as tape:
         tape.watch(tensors + ([b] if b is not None else []))
         out, h_last = native.gru(*tensors, b, None if mask is None else tf.constant(mask),
-                                 max_parts=parts, **config)
+                                 max_parts=parts, recurrent_mask=rm, **config)
         loss = tf.reduce_sum(out * d_out) + tf.reduce_sum(h_last * d_h)
     grads = tape.gradient(loss, tensors + ([b] if b is not None else []))
     return [out, h_last] + grads + ([None] if b is None else [])
@@ -58,13 +66,16 @@ def through_ops(x, h0, kernel, recurrent, bias, mask, d_out, d_h, parts=1, **con
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("masked,go_backwards", [(False, False), (True, False), (True, True)])
-def test_ops_match_kernels(dtype, reset_after, use_bias, masked, go_backwards):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_ops_match_kernels(dtype, reset_after, use_bias, masked, go_backwards, dropout):
     x, h0, kernel, recurrent, bias, mask, d_out, d_h = data(dtype, reset_after, use_bias, masked)
     acts = dict(act=0, ract=2)
+    rm = gate_masks(dtype) if dropout else None
     got = through_ops(x, h0, kernel, recurrent, bias, mask, d_out, d_h, reset_after=reset_after,
-                      go_backwards=go_backwards, **acts)
+                      go_backwards=go_backwards, recurrent_mask=rm, **acts)
     out, h_last, saved = kernels.gru_forward(x, h0, kernel, recurrent, bias, mask=mask,
-                                             reset_after=reset_after, go_backwards=go_backwards)
+                                             reset_after=reset_after, go_backwards=go_backwards,
+                                             recurrent_mask=rm)
     want = [out, h_last, *kernels.gru_backward(saved, d_out, d_h)]
     names = ["out", "h_last", "dx", "dh0", "d_kernel", "d_recurrent_kernel", "d_bias"]
     for name, a, b in zip(names, got, want):
@@ -75,11 +86,13 @@ def test_ops_match_kernels(dtype, reset_after, use_bias, masked, go_backwards):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_split_matches_one_part(dtype, monkeypatch):
+@pytest.mark.parametrize("reset_after,dropout", [(True, False), (True, True), (False, True)])
+def test_split_matches_one_part(dtype, reset_after, dropout, monkeypatch):
     monkeypatch.setattr(_parts, "SMALL_WORK", 0)
     monkeypatch.setattr(_parts, "MIN_ROWS", 1)
-    args = data(dtype, masked=True)
-    config = dict(reset_after=True, go_backwards=True, act=0, ract=2)
+    args = data(dtype, reset_after, masked=True)
+    config = dict(reset_after=reset_after, go_backwards=True, act=0, ract=2,
+                  recurrent_mask=gate_masks(dtype) if dropout else None)
     split = tf.function(lambda: through_ops(*args, parts=3, **config))
     graph = split.get_concrete_function().graph
     assert sum(op.type == "FastrnnGRUForward" for op in graph.get_operations()) == 3
@@ -99,22 +112,31 @@ def test_inference_runs_the_forward_op_alone():
 def test_bad_input_is_a_tf_error_naming_the_op():
     gen = native.ops("gru", np.float32)
     x, h0, kernel, recurrent, bias, mask, d_out, d_h = data("float32")
-    config = np.array([1, 0, 0, 2, 0, 1, 0], np.int32)
+    config = np.array([1, 0, 0, 2, 0, 1, 0, 0], np.int32)
     no_mask = np.zeros((0, 0), bool)
+    no_rmask = np.zeros((0, 0), np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUForward: h0 must be"):
-        gen.fastrnn_gru_forward(x, h0[:2], kernel, recurrent, bias, no_mask, config)
+        gen.fastrnn_gru_forward(x, h0[:2], kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUForward: bias must be"):
-        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias[0], no_mask, config)
+        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias[0], no_mask, no_rmask, config)
     with pytest.raises(tf.errors.InvalidArgumentError, match="time axis is empty"):
-        gen.fastrnn_gru_forward(x[:, :0], h0, kernel, recurrent, bias, no_mask, config)
+        gen.fastrnn_gru_forward(x[:, :0], h0, kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(tf.errors.InvalidArgumentError, match="config must be"):
-        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, config[:3])
-    out = gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, config)
+        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, no_rmask, config[:3])
+    out = gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUBackward: d_out must be"):
-        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, config, *out[2:], d_out[:, :3], d_h)
+        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, no_rmask, config, *out[2:], d_out[:, :3], d_h)
     with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUBackward: the saved"):
-        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, config, out[2][:2], *out[3:],
+        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, no_rmask, config, out[2][:2], *out[3:],
                                  d_out, d_h)
+    rmask = gate_masks("float32")
+    on = config + [0, 0, 0, 0, 0, 0, 0, 1]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="FastrnnGRUForward: recurrent_mask must be"):
+        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, rmask[:, :H], on)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="FastrnnGRUBackward: recurrent_mask must be"):
+        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, rmask[:2], on, *out[2:], d_out, d_h)
 
 
 def test_empty_batch():

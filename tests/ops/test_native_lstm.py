@@ -43,15 +43,23 @@ def close(a, b, dtype, what):
     assert err <= TOL[dtype], f"{what}: relative error {err:.2e}"
 
 
-def through_ops(x, h0, c0, kernel, recurrent, bias, mask, d_out, d_h, d_c, parts=1, **config):
+def gate_masks(dtype, seed=3):
+    """Per-gate recurrent dropout masks [B, 4H] (Keras' 0 or 1/keep)."""
+    rng = np.random.default_rng(seed)
+    return ((rng.random((B, 4 * H)) < 0.7) / 0.7).astype(dtype)
+
+
+def through_ops(x, h0, c0, kernel, recurrent, bias, mask, d_out, d_h, d_c, parts=1,
+                recurrent_mask=None, **config):
     """(out, h_last, c_last, dx, dh0, dc0, d_kernel, d_recurrent, d_bias) through native.lstm."""
     tensors = [tf.constant(a) for a in (x, h0, c0, kernel, recurrent)]
     b = None if bias is None else tf.constant(bias)
+    rm = None if recurrent_mask is None else tf.constant(recurrent_mask)
     with tf.GradientTape() as tape:
         tape.watch(tensors + ([b] if b is not None else []))
         out, h_last, c_last = native.lstm(*tensors, b,
                                           None if mask is None else tf.constant(mask),
-                                          max_parts=parts, **config)
+                                          max_parts=parts, recurrent_mask=rm, **config)
         loss = (tf.reduce_sum(out * d_out) + tf.reduce_sum(h_last * d_h)
                 + tf.reduce_sum(c_last * d_c))
     grads = tape.gradient(loss, tensors + ([b] if b is not None else []))
@@ -59,11 +67,11 @@ def through_ops(x, h0, c0, kernel, recurrent, bias, mask, d_out, d_h, d_c, parts
 
 
 def through_kernels(x, h0, c0, kernel, recurrent, bias, mask, d_out, d_h, d_c, act=0, ract=2,
-                    go_backwards=False):
+                    go_backwards=False, recurrent_mask=None):
     names = {code: name for name, code in kernels.ACTIVATIONS.items()}
     out, h_last, c_last, saved = kernels.lstm_forward(
         x, h0, c0, kernel, recurrent, bias, mask=mask, go_backwards=go_backwards,
-        activation=names[act], recurrent_activation=names[ract])
+        activation=names[act], recurrent_activation=names[ract], recurrent_mask=recurrent_mask)
     return [out, h_last, c_last, *kernels.lstm_backward(saved, d_out, d_h, d_c)]
 
 
@@ -79,9 +87,11 @@ def compare(got, want, dtype):
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("masked,go_backwards", [(False, False), (False, True), (True, False),
                                                  (True, True)])
-def test_ops_match_kernels(dtype, use_bias, masked, go_backwards):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_ops_match_kernels(dtype, use_bias, masked, go_backwards, dropout):
     args = data(dtype, use_bias, masked)
-    config = dict(go_backwards=go_backwards, act=0, ract=2)
+    config = dict(go_backwards=go_backwards, act=0, ract=2,
+                  recurrent_mask=gate_masks(dtype) if dropout else None)
     compare(through_ops(*args, **config), through_kernels(*args, **config), dtype)
 
 
@@ -94,11 +104,13 @@ def test_other_activations(act, ract):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_split_matches_one_part(dtype, monkeypatch):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_split_matches_one_part(dtype, dropout, monkeypatch):
     monkeypatch.setattr(_parts, "SMALL_WORK", 0)
     monkeypatch.setattr(_parts, "MIN_ROWS", 1)
     args = data(dtype, masked=True)
-    config = dict(go_backwards=True, act=0, ract=2)
+    config = dict(go_backwards=True, act=0, ract=2,
+                  recurrent_mask=gate_masks(dtype) if dropout else None)
     split = tf.function(lambda: through_ops(*args, parts=3, **config))
     graph = split.get_concrete_function().graph
     types = [op.type for op in graph.get_operations()]
@@ -121,14 +133,15 @@ def test_shape_inference():
     # ([T + 1, B, H]) stay unknown, the run-time shapes are exact.
     x, h0, c0, kernel, recurrent, bias, _, _, _, _ = data("float32")
     gen = native.ops("lstm", np.float32)
-    config = np.array([0, 0, 2, 0, 1, 0], np.int32)
+    config = np.array([0, 0, 2, 0, 1, 0, 0], np.int32)
     no_mask = np.zeros((0, 0), bool)
+    no_rmask = np.zeros((0, 0), np.float32)
     static = {}
 
     @tf.function(input_signature=[tf.TensorSpec([None, T, I], tf.float32)])
     def forward(x):
         results = gen.fastrnn_lstm_forward(x, h0, c0, kernel, recurrent, bias,
-                                           no_mask, config)
+                                           no_mask, no_rmask, config)
         static["shapes"] = [r.shape.as_list() if r.shape.rank is not None else None
                             for r in results]
         return results
@@ -143,55 +156,62 @@ def test_shape_inference():
 def test_bad_input_is_a_tf_error_naming_the_op():
     gen = native.ops("lstm", np.float32)
     x, h0, c0, kernel, recurrent, bias, mask, d_out, d_h, d_c = data("float32", masked=True)
-    config = np.array([0, 0, 2, 0, 1, 0], np.int32)
+    config = np.array([0, 0, 2, 0, 1, 0, 0], np.int32)
     no_mask = np.zeros((0, 0), bool)
+    no_rmask = np.zeros((0, 0), np.float32)
     forward = gen.fastrnn_lstm_forward
     error = tf.errors.InvalidArgumentError
     with pytest.raises(error, match="FastrnnLSTMForward: h0 must be"):
-        forward(x, h0[:2], c0, kernel, recurrent, bias, no_mask, config)
+        forward(x, h0[:2], c0, kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(error, match="FastrnnLSTMForward: c0 must be"):
-        forward(x, h0, c0[:, :2], kernel, recurrent, bias, no_mask, config)
+        forward(x, h0, c0[:, :2], kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(error, match="FastrnnLSTMForward: kernel must be"):
-        forward(x, h0, c0, kernel[:2], recurrent, bias, no_mask, config)
+        forward(x, h0, c0, kernel[:2], recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(error, match="FastrnnLSTMForward: recurrent_kernel must be"):
-        forward(x, h0, c0, kernel, recurrent[:, :8], bias, no_mask, config)
+        forward(x, h0, c0, kernel, recurrent[:, :8], bias, no_mask, no_rmask, config)
     with pytest.raises(error, match="FastrnnLSTMForward: bias must be"):
-        forward(x, h0, c0, kernel, recurrent, bias[:5], no_mask, config)
+        forward(x, h0, c0, kernel, recurrent, bias[:5], no_mask, no_rmask, config)
     with pytest.raises(error, match="FastrnnLSTMForward: bias must be"):  # bias, but "no bias"
-        forward(x, h0, c0, kernel, recurrent, bias, no_mask, config * [1, 1, 1, 1, 0, 1])
+        forward(x, h0, c0, kernel, recurrent, bias, no_mask, no_rmask, config * [1, 1, 1, 1, 0, 1, 1])
     with pytest.raises(error, match="FastrnnLSTMForward: mask must be"):
-        forward(x, h0, c0, kernel, recurrent, bias, mask[:, :3], config + [0, 0, 0, 1, 0, 0])
+        forward(x, h0, c0, kernel, recurrent, bias, mask[:, :3], no_rmask, config + [0, 0, 0, 1, 0, 0, 0])
     with pytest.raises(error, match="FastrnnLSTMForward: x must have rank 3"):
-        forward(x[0], h0, c0, kernel, recurrent, bias, no_mask, config)
+        forward(x[0], h0, c0, kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(error, match="time axis is empty"):
-        forward(x[:, :0], h0, c0, kernel, recurrent, bias, no_mask, config)
+        forward(x[:, :0], h0, c0, kernel, recurrent, bias, no_mask, no_rmask, config)
     with pytest.raises(error, match="FastrnnLSTMForward: config must be"):
-        forward(x, h0, c0, kernel, recurrent, bias, no_mask, config[:3])
+        forward(x, h0, c0, kernel, recurrent, bias, no_mask, no_rmask, config[:3])
     with pytest.raises(error, match="FastrnnLSTMForward: config must be"):  # activation code
-        forward(x, h0, c0, kernel, recurrent, bias, no_mask, config + [0, 7, 0, 0, 0, 0])
-    out = forward(x, h0, c0, kernel, recurrent, bias, no_mask, config)
+        forward(x, h0, c0, kernel, recurrent, bias, no_mask, no_rmask, config + [0, 7, 0, 0, 0, 0, 0])
+    out = forward(x, h0, c0, kernel, recurrent, bias, no_mask, no_rmask, config)
     saved = list(out[3:])
     backward = gen.fastrnn_lstm_backward
     with pytest.raises(error, match="FastrnnLSTMBackward: d_out must be"):
-        backward(x, kernel, recurrent, no_mask, config, *saved, d_out[:, :3], d_h, d_c)
+        backward(x, kernel, recurrent, no_mask, no_rmask, config, *saved, d_out[:, :3], d_h, d_c)
     with pytest.raises(error, match="FastrnnLSTMBackward: d_out must be"):
-        backward(x, kernel, recurrent, no_mask, config, *saved, d_out, d_h, d_c[:2])
+        backward(x, kernel, recurrent, no_mask, no_rmask, config, *saved, d_out, d_h, d_c[:2])
     for k in range(4):
         bad = saved[:k] + [saved[k][:, :2]] + saved[k + 1:]
         with pytest.raises(error, match="FastrnnLSTMBackward: the saved"):
-            backward(x, kernel, recurrent, no_mask, config, *bad, d_out, d_h, d_c)
+            backward(x, kernel, recurrent, no_mask, no_rmask, config, *bad, d_out, d_h, d_c)
     with pytest.raises(error, match="FastrnnLSTMBackward: kernel or recurrent_kernel"):
-        backward(x, kernel[:, :8], recurrent, no_mask, config, *saved, d_out, d_h, d_c)
+        backward(x, kernel[:, :8], recurrent, no_mask, no_rmask, config, *saved, d_out, d_h, d_c)
     with pytest.raises(error, match="FastrnnLSTMBackward: mask must be"):
-        backward(x, kernel, recurrent, mask[:2], config + [0, 0, 0, 1, 0, 0], *saved, d_out,
+        backward(x, kernel, recurrent, mask[:2], no_rmask, config + [0, 0, 0, 1, 0, 0, 0], *saved, d_out,
                  d_h, d_c)
     with pytest.raises(error, match="FastrnnLSTMBackward: config must be"):
-        backward(x, kernel, recurrent, no_mask, config[:5], *saved, d_out, d_h, d_c)
+        backward(x, kernel, recurrent, no_mask, no_rmask, config[:5], *saved, d_out, d_h, d_c)
     with pytest.raises(error, match="FastrnnLSTMBackward: the time axis is empty"):
-        backward(x[:, :0], kernel, recurrent, no_mask, config, saved[0][:0], saved[1][:1],
+        backward(x[:, :0], kernel, recurrent, no_mask, no_rmask, config, saved[0][:0], saved[1][:1],
                  saved[2][:1], saved[3][:0], d_out[:, :0], d_h, d_c)
+    rmask = gate_masks("float32")
+    on = config + [0, 0, 0, 0, 0, 0, 1]
+    with pytest.raises(error, match="FastrnnLSTMForward: recurrent_mask must be"):
+        forward(x, h0, c0, kernel, recurrent, bias, no_mask, rmask[:, :H], on)
+    with pytest.raises(error, match="FastrnnLSTMBackward: recurrent_mask must be"):
+        backward(x, kernel, recurrent, no_mask, rmask[:2], on, *saved, d_out, d_h, d_c)
     # The same inputs, well formed, still run.
-    grads = backward(x, kernel, recurrent, no_mask, config, *saved, d_out, d_h, d_c)
+    grads = backward(x, kernel, recurrent, no_mask, no_rmask, config, *saved, d_out, d_h, d_c)
     assert [g.shape for g in grads] == [x.shape, h0.shape, c0.shape, kernel.shape,
                                         recurrent.shape, bias.shape]
 

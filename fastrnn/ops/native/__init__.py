@@ -156,6 +156,16 @@ def packed():
 # ------------------------------------------------------------- the TF side --
 
 
+def row_placeholder(x):
+    """A [B, 0] tensor standing for an absent per-row input (a recurrent dropout mask):
+    it splits with the batch like a real one (B from the run time where it is not known
+    statically: the split is then planned there)."""
+    import tensorflow as tf
+
+    batch = x.shape[0] if x.shape.rank is not None else None
+    return tf.zeros((batch, 0) if batch is not None else tf.stack([tf.shape(x)[0], 0]), x.dtype)
+
+
 def _static_batch(x):
     return x.shape[0] if x.shape.rank is not None else None
 

@@ -27,17 +27,20 @@ from .._capi import (
     shape_is,
     zero_tensor,
 )
-from . import packed, recurrence
+from . import packed, recurrence, row_placeholder
 
 # Forward inputs: x [B, T, I], h0 [B, H], c0 [B, H], kernel [I, 4H],
 # recurrent_kernel [H, 4H], bias ([4H], or [0] for none), mask bool ([B, T] or
-# [0, 0]), config int32 [6]. Outputs: out [B, T, H], h_last [B, H], c_last [B, H]
-# and, for the backward, gates [T, B, 4H], h_states [T + 1, B, H], c_states
-# [T + 1, B, H], tanh_c [T, B, H].
-# Backward inputs: x, kernel, recurrent_kernel, mask, config, gates, h_states,
-# c_states, tanh_c, d_out [B, T, H], d_h_last [B, H], d_c_last [B, H]. Outputs: dx,
-# dh0, dc0, d_kernel, d_recurrent_kernel, d_bias ([4H], or [0] for none).
-LSTM_CONFIG = ("go_backwards", "act", "ract", "has_mask", "has_bias", "packed")
+# [0, 0]), recurrent_mask ([B, 4H] per-gate recurrent dropout, or [B, 0] for none: a
+# per-row input, split with the batch), config int32 [7]. Outputs: out [B, T, H],
+# h_last [B, H], c_last [B, H] and, for the backward, gates [T, B, 4H], h_states
+# [T + 1, B, H], c_states [T + 1, B, H], tanh_c [T, B, H].
+# Backward inputs: x, kernel, recurrent_kernel, mask, recurrent_mask, config, gates,
+# h_states, c_states, tanh_c, d_out [B, T, H], d_h_last [B, H], d_c_last [B, H].
+# Outputs: dx, dh0, dc0, d_kernel, d_recurrent_kernel, d_bias ([4H], or [0] for none).
+# The recurrent mask gets no gradient.
+LSTM_CONFIG = ("go_backwards", "act", "ract", "has_mask", "has_bias", "packed",
+               "has_recurrent_mask")
 _N_CONFIG = len(LSTM_CONFIG)
 _MAX_ACTIVATION = 4  # codes 0-4 (kernels._validate.ACTIVATIONS)
 
@@ -50,7 +53,8 @@ _FORWARD_ERRORS = messages("FastrnnLSTMForward", (
     "recurrent_kernel must be [units, 4 * units] matching kernel, units >= 1",
     "bias must be [4 * units] or empty (no bias)",
     "mask must be bool [batch, time] matching x",
-    "config must be int32 [6] with activation codes 0-4",
+    "recurrent_mask must be [batch, 4 * units] matching x and kernel",
+    "config must be int32 [7] with activation codes 0-4",
     "the time axis is empty: inputs need at least one step",
     "could not allocate an output",
     "the kernel raised an exception (out of memory?)",
@@ -62,7 +66,8 @@ _BACKWARD_ERRORS = messages("FastrnnLSTMBackward", (
     "the saved tensors (gates, h_states, c_states, tanh_c) do not match x",
     "d_out must be [batch, time, units], d_h_last and d_c_last [batch, units]",
     "mask must be bool [batch, time] matching x",
-    "config must be int32 [6] with activation codes 0-4",
+    "recurrent_mask must be [batch, 4 * units] matching x and kernel",
+    "config must be int32 [7] with activation codes 0-4",
     "the time axis is empty: inputs need at least one step",
     "could not allocate an output",
     "the kernel raised an exception (out of memory?)",
@@ -80,8 +85,8 @@ _FORWARD_SHAPES = np.array([
 ], np.int64)
 _BACKWARD_SHAPES = np.array([
     [[0, 0, 3], [-1, 0, 0], [-1, 0, 0]],   # dx like x
-    [[10, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dh0 like d_h_last
-    [[11, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dc0 like d_c_last
+    [[11, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dh0 like d_h_last
+    [[12, 0, 2], [-1, 0, 0], [-1, 0, 0]],  # dc0 like d_c_last
     [[1, 0, 2], [-1, 0, 0], [-1, 0, 0]],   # d_kernel like kernel
     [[2, 0, 2], [-1, 0, 0], [-1, 0, 0]],   # d_recurrent_kernel like recurrent_kernel
     [[-1, 0, 0], [-1, 0, 0], [-1, 0, 0]],  # d_bias: [4H] or [0] (the wrapper sets it)
@@ -116,26 +121,26 @@ def _lstm_kernels(dtype):
     def forward(state, ctx):
         blas_enter()
         status = _capi.TF_NewStatus()
-        tensors = np.zeros(8, np.intp)
+        tensors = np.zeros(9, np.intp)
         outputs = np.zeros(7, np.intp)
         temps = np.zeros(4, np.intp)
-        dims = np.zeros((8, MAX_DIMS), np.int64)
-        ranks = np.zeros(8, np.int64)
+        dims = np.zeros((9, MAX_DIMS), np.int64)
+        ranks = np.zeros(9, np.int64)
         error = -1
         if not get_inputs(ctx, status, tensors, dims, ranks):
             error = 0
         elif ranks[0] != 3 or dims[0, 2] < 1:
             error = 1
-        elif TF_TensorType(tensors[7]) != TF_INT32 or ranks[7] != 1 or dims[7, 0] != n_config:
-            error = 8
+        elif TF_TensorType(tensors[8]) != TF_INT32 or ranks[8] != 1 or dims[8, 0] != n_config:
+            error = 9
         if error < 0:
-            config = carray(TF_TensorData(tensors[7]), n_config, np.int32)
+            config = carray(TF_TensorData(tensors[8]), n_config, np.int32)
             if not (0 <= config[1] <= max_act and 0 <= config[2] <= max_act):
-                error = 8
+                error = 9
         if error < 0:
             batch, time, inputs = dims[0, 0], dims[0, 1], dims[0, 2]
             units = dims[4, 0]
-            has_mask, has_bias = config[3] != 0, config[4] != 0
+            has_mask, has_bias, has_rmask = config[3] != 0, config[4] != 0, config[6] != 0
             bias_size = 1
             for d in range(ranks[5]):
                 bias_size *= dims[5, d]
@@ -152,8 +157,11 @@ def _lstm_kernels(dtype):
             elif has_mask and (TF_TensorType(tensors[6]) != TF_BOOL or ranks[6] != 2
                                or not shape_is(dims, ranks, 6, batch, time, -1)):
                 error = 7
+            elif has_rmask and (ranks[7] != 2
+                                or not shape_is(dims, ranks, 7, batch, 4 * units, -1)):
+                error = 8
             elif time == 0:
-                error = 9
+                error = 10
         if error < 0:
             shapes = np.zeros((7, 3), np.int64)
             out_ranks = np.full(7, 3, np.int64)
@@ -167,7 +175,7 @@ def _lstm_kernels(dtype):
             if not (allocate_outputs(ctx, status, code, size, shapes, out_ranks, outputs)
                     and layout_scratch(ctx, status, code, size, batch, time, inputs,
                                        0 if has_bias else 4 * units, temps)):
-                error = 10
+                error = 11
         if error < 0 and batch > 0:
             bias_tensor = tensors[5] if has_bias else temps[3]  # zeros without a bias
             if not lstm_cpu.run_forward(
@@ -180,6 +188,8 @@ def _lstm_kernels(dtype):
                     carray(TF_TensorData(tensors[6]), (batch if has_mask else 0,
                                                        time if has_mask else 0), np.bool_),
                     has_mask, config[0] != 0, np.int64(config[1]), np.int64(config[2]),
+                    carray(TF_TensorData(tensors[7]), (batch if has_rmask else 0,
+                                                       4 * units if has_rmask else 0), dtype),
                     config[5] != 0,
                     carray(TF_TensorData(outputs[0]), (batch, time, units), dtype),
                     carray(TF_TensorData(outputs[1]), (batch, units), dtype),
@@ -191,54 +201,57 @@ def _lstm_kernels(dtype):
                     carray(TF_TensorData(outputs[6]), (time, batch, units), dtype),
                     carray(TF_TensorData(temps[1]), (time, batch), np.bool_),
                     carray(TF_TensorData(temps[2]), batch, np.int64)):
-                error = 11
-        finish(ctx, status, error, 10, errors_f, tensors, outputs, temps)
+                error = 12
+        finish(ctx, status, error, 11, errors_f, tensors, outputs, temps)
 
     @cfunc(KERNEL_SIGNATURE, cache=True)
     def backward(state, ctx):
         blas_enter()
         status = _capi.TF_NewStatus()
-        tensors = np.zeros(12, np.intp)
+        tensors = np.zeros(13, np.intp)
         outputs = np.zeros(6, np.intp)
         temps = np.zeros(4, np.intp)
         work = np.zeros(2, np.intp)
-        dims = np.zeros((12, MAX_DIMS), np.int64)
-        ranks = np.zeros(12, np.int64)
+        dims = np.zeros((13, MAX_DIMS), np.int64)
+        ranks = np.zeros(13, np.int64)
         error = -1
         if not get_inputs(ctx, status, tensors, dims, ranks):
             error = 0
         elif ranks[0] != 3 or dims[0, 2] < 1:
             error = 1
-        elif TF_TensorType(tensors[4]) != TF_INT32 or ranks[4] != 1 or dims[4, 0] != n_config:
-            error = 6
+        elif TF_TensorType(tensors[5]) != TF_INT32 or ranks[5] != 1 or dims[5, 0] != n_config:
+            error = 7
         if error < 0:
-            config = carray(TF_TensorData(tensors[4]), n_config, np.int32)
+            config = carray(TF_TensorData(tensors[5]), n_config, np.int32)
             if not (0 <= config[1] <= max_act and 0 <= config[2] <= max_act):
-                error = 6
+                error = 7
         if error < 0:
             batch, time, inputs = dims[0, 0], dims[0, 1], dims[0, 2]
             units = dims[2, 0]
-            has_mask, has_bias = config[3] != 0, config[4] != 0
+            has_mask, has_bias, has_rmask = config[3] != 0, config[4] != 0, config[6] != 0
             if (ranks[1] != 2 or ranks[2] != 2 or units < 1
                     or not shape_is(dims, ranks, 1, inputs, 4 * units, -1)
                     or not shape_is(dims, ranks, 2, units, 4 * units, -1)):
                 error = 2
-            elif (ranks[5] != 3 or ranks[6] != 3 or ranks[7] != 3 or ranks[8] != 3
-                  or not shape_is(dims, ranks, 5, time, batch, 4 * units)
-                  or not shape_is(dims, ranks, 6, time + 1, batch, units)
+            elif (ranks[6] != 3 or ranks[7] != 3 or ranks[8] != 3 or ranks[9] != 3
+                  or not shape_is(dims, ranks, 6, time, batch, 4 * units)
                   or not shape_is(dims, ranks, 7, time + 1, batch, units)
-                  or not shape_is(dims, ranks, 8, time, batch, units)):
+                  or not shape_is(dims, ranks, 8, time + 1, batch, units)
+                  or not shape_is(dims, ranks, 9, time, batch, units)):
                 error = 3
-            elif (ranks[9] != 3 or ranks[10] != 2 or ranks[11] != 2
-                  or not shape_is(dims, ranks, 9, batch, time, units)
-                  or not shape_is(dims, ranks, 10, batch, units, -1)
-                  or not shape_is(dims, ranks, 11, batch, units, -1)):
+            elif (ranks[10] != 3 or ranks[11] != 2 or ranks[12] != 2
+                  or not shape_is(dims, ranks, 10, batch, time, units)
+                  or not shape_is(dims, ranks, 11, batch, units, -1)
+                  or not shape_is(dims, ranks, 12, batch, units, -1)):
                 error = 4
             elif has_mask and (TF_TensorType(tensors[3]) != TF_BOOL or ranks[3] != 2
                                or not shape_is(dims, ranks, 3, batch, time, -1)):
                 error = 5
+            elif has_rmask and (ranks[4] != 2
+                                or not shape_is(dims, ranks, 4, batch, 4 * units, -1)):
+                error = 6
             elif time == 0:
-                error = 7
+                error = 8
         if error < 0:
             shapes = np.zeros((6, 3), np.int64)
             out_ranks = np.full(6, 2, np.int64)
@@ -258,7 +271,7 @@ def _lstm_kernels(dtype):
                     and layout_scratch(ctx, status, code, size, batch, time, inputs,
                                        0 if has_bias else 4 * units, temps)
                     and allocate_scratch(ctx, status, work_codes, work_shapes, _WORK_RANKS, work)):
-                error = 8
+                error = 9
         if error < 0 and batch == 0:  # no rows: the weight gradients are zeros
             zero_tensor(outputs[3], inputs * 4 * units * size)
             zero_tensor(outputs[4], units * 4 * units * size)
@@ -272,20 +285,22 @@ def _lstm_kernels(dtype):
             first = carray(TF_TensorData(temps[2]), batch, np.int64)
             dh = carray(TF_TensorData(outputs[1]), (batch, units), dtype)
             dc = carray(TF_TensorData(outputs[2]), (batch, units), dtype)
-            copy_2d(dh, carray(TF_TensorData(tensors[10]), (batch, units), dtype))
-            copy_2d(dc, carray(TF_TensorData(tensors[11]), (batch, units), dtype))
+            copy_2d(dh, carray(TF_TensorData(tensors[11]), (batch, units), dtype))
+            copy_2d(dc, carray(TF_TensorData(tensors[12]), (batch, units), dtype))
             go_backwards = config[0] != 0
             d_bias_tensor = outputs[5] if has_bias else temps[3]
             if not (run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first)
                     and lstm_cpu.run_backward(
-                        x_tm, carray(TF_TensorData(tensors[5]), (time, batch, 4 * units), dtype),
-                        carray(TF_TensorData(tensors[6]), (time + 1, batch, units), dtype),
+                        x_tm, carray(TF_TensorData(tensors[6]), (time, batch, 4 * units), dtype),
                         carray(TF_TensorData(tensors[7]), (time + 1, batch, units), dtype),
-                        carray(TF_TensorData(tensors[8]), (time, batch, units), dtype),
+                        carray(TF_TensorData(tensors[8]), (time + 1, batch, units), dtype),
+                        carray(TF_TensorData(tensors[9]), (time, batch, units), dtype),
                         mask_tm, first,
                         carray(TF_TensorData(tensors[1]), (inputs, 4 * units), dtype),
                         carray(TF_TensorData(tensors[2]), (units, 4 * units), dtype),
-                        carray(TF_TensorData(tensors[9]), (batch, time, units), dtype), dh, dc,
+                        carray(TF_TensorData(tensors[4]), (batch if has_rmask else 0,
+                                                           4 * units if has_rmask else 0), dtype),
+                        carray(TF_TensorData(tensors[10]), (batch, time, units), dtype), dh, dc,
                         go_backwards, np.int64(config[1]), np.int64(config[2]), config[5] != 0,
                         carray(TF_TensorData(outputs[0]), (batch, time, inputs), dtype),
                         carray(TF_TensorData(outputs[3]), (inputs, 4 * units), dtype),
@@ -293,9 +308,9 @@ def _lstm_kernels(dtype):
                         carray(TF_TensorData(d_bias_tensor), 4 * units, dtype),
                         carray(TF_TensorData(work[0]), (steps, batch, 4 * units), dtype),
                         carray(TF_TensorData(work[1]), (time, batch, inputs), dtype))):
-                error = 9
+                error = 10
         delete_tensors(work)
-        finish(ctx, status, error, 8, errors_b, tensors, outputs, temps)
+        finish(ctx, status, error, 9, errors_b, tensors, outputs, temps)
 
     helper.cancel()
     _abi.ensure_all(("lstm_forward", "lstm_backward", "prepare"), dtype)
@@ -304,13 +319,13 @@ def _lstm_kernels(dtype):
 
 FORWARD = ("FastrnnLSTMForward",
            ["x: T", "h0: T", "c0: T", "kernel: T", "recurrent_kernel: T", "bias: T",
-            "mask: bool", "config: int32"],
+            "mask: bool", "recurrent_mask: T", "config: int32"],
            ["out: T", "h_last: T", "c_last: T", "gates: T", "h_states: T", "c_states: T",
             "tanh_c: T"],
            _forward_shapes)
 BACKWARD = ("FastrnnLSTMBackward",
-            ["x: T", "kernel: T", "recurrent_kernel: T", "mask: bool", "config: int32",
-             "gates: T", "h_states: T", "c_states: T", "tanh_c: T", "d_out: T", "d_h_last: T",
+            ["x: T", "kernel: T", "recurrent_kernel: T", "mask: bool", "recurrent_mask: T",
+             "config: int32", "gates: T", "h_states: T", "c_states: T", "tanh_c: T", "d_out: T", "d_h_last: T",
              "d_c_last: T"],
             ["dx: T", "dh0: T", "dc0: T", "d_kernel: T", "d_recurrent_kernel: T", "d_bias: T"],
             _backward_shapes)
@@ -318,10 +333,16 @@ kernels = _lstm_kernels
 
 
 def call(x, h0, c0, kernel, recurrent_kernel, bias, mask, *, act, ract, go_backwards,
-         max_parts):
-    """LSTM through FastrnnLSTMForward/Backward. Returns (out, h_last, c_last)."""
+         max_parts, recurrent_mask=None):
+    """LSTM through FastrnnLSTMForward/Backward. Returns (out, h_last, c_last).
+
+    recurrent_mask: [B, 4H] per-gate recurrent dropout masks side by side, or None."""
     units = int(recurrent_kernel.shape[0])
-    config = [go_backwards, act, ract, mask is not None, bias is not None, packed()]
+    has_rmask = recurrent_mask is not None
+    if not has_rmask:
+        recurrent_mask = row_placeholder(x)
+    config = [go_backwards, act, ract, mask is not None, bias is not None, packed(), has_rmask]
     out, (h_last, c_last) = recurrence("lstm", x, [h0, c0], [kernel, recurrent_kernel], bias,
-                                       mask, [], config, units, 4 * units, max_parts, 4)
+                                       mask, [recurrent_mask], config, units, 4 * units,
+                                       max_parts, 4)
     return out, h_last, c_last

@@ -25,7 +25,7 @@ from .._capi import (
     shape_is,
     zero_tensor,
 )
-from . import packed, recurrence
+from . import packed, recurrence, row_placeholder
 
 # Forward inputs: x [B, T, I], h0 [B, H], kernel [I, H], recurrent_kernel [H, H], bias
 # ([H], or [0] for none), mask bool ([B, T], or [0, 0] / [B, 0] for none),
@@ -295,11 +295,7 @@ def call(x, h0, kernel, recurrent_kernel, bias, mask, *, act, go_backwards, recu
         h0 = tf.zeros(tf.stack([tf.shape(x)[0], units]), x.dtype)
     has_rmask = recurrent_mask is not None
     if not has_rmask:
-        # A [B, 0] placeholder splits with the batch like a real mask (B from the run
-        # time where it is not known statically: the split is then planned there).
-        batch = x.shape[0] if x.shape.rank is not None else None
-        recurrent_mask = tf.zeros((batch, 0) if batch is not None
-                                  else tf.stack([tf.shape(x)[0], 0]), x.dtype)
+        recurrent_mask = row_placeholder(x)
     config = [go_backwards, act, mask is not None, bias is not None, has_rmask, packed()]
     out, (h_last,) = recurrence("simple_rnn", x, [h0], [kernel, recurrent_kernel], bias, mask,
                                 [recurrent_mask], config, units, units, max_parts, 1)
