@@ -369,6 +369,40 @@ def device_math(F):
 # Layout and validation helpers shared by the CUDA launchers.
 
 
+def dropout_arrays(xp, rec_mask, recurrent_kernel, gates, batch, transposed):
+    """(rmask, mats, scratch) for a loop kernel's per-gate recurrent dropout
+    (kernels/_cuda_block.dropped_matvec): the masks [B, G*H], the G gate blocks of
+    recurrent_kernel [H, G*H] as [G, H, H] (transposed: each block's transpose) and
+    a [B, G*H] scratch; without masks [B, 0] and one-element stand-ins."""
+    dtype = recurrent_kernel.dtype
+    if not rec_mask.size:
+        return (xp.zeros((batch, 0), dtype), xp.zeros((1, 1, 1), dtype),
+                xp.zeros((1, 1), dtype))
+    units = recurrent_kernel.shape[0]
+    blocks = recurrent_kernel.reshape(units, gates, units).transpose(1, 0, 2)
+    if transposed:
+        blocks = blocks.transpose(0, 2, 1)
+    return (xp.ascontiguousarray(rec_mask), xp.ascontiguousarray(blocks),
+            xp.empty((batch, gates * units), dtype))
+
+
+def recurrent_gradient(xp, h_prev, d_h, rec_mask, gates=None):
+    """dL/dU [H, G*H] from h_prev [T, B, H] and d_h = dL/d(h U) [T, B, G*H]: h_prev^T d_h,
+    or under per-gate recurrent dropout (rec_mask [B, G*H]) (h_prev * m_g)^T d_h[..., g]
+    for each gate (the first `gates` of them; the others' columns left as zeros)."""
+    time, batch, units = h_prev.shape
+    width = d_h.shape[2]
+    d_h2 = d_h.reshape(time * batch, width)
+    if not rec_mask.size:
+        return matmul(xp, h_prev.reshape(time * batch, units).T, d_h2)
+    out = xp.zeros((units, width), d_h.dtype)
+    for g in range(width // units if gates is None else gates):
+        cols = slice(g * units, (g + 1) * units)
+        hm = (h_prev * rec_mask[None, :, cols]).reshape(time * batch, units)
+        out[:, cols] = matmul(xp, hm.T, xp.ascontiguousarray(d_h2[:, cols]))
+    return out
+
+
 def to_time_major(xp, x, go_backwards):
     """[B, T, F] -> C-contiguous [T, B, F] in processing order (one copy)."""
     if go_backwards:

@@ -104,4 +104,39 @@ def block_math(F):
                     acc += vs[u64(k)] * mat[k, c]
                 out[c] = acc
 
-    return SimpleNamespace(matvec=matvec, stage=stage, layout=layout)
+    # Per-gate recurrent dropout (kernels/_dropout.py): masks [G*H] for this row, mats
+    # [G, H, H] the gate blocks U_g (or their transposes), rows hm / part [G*H] in global
+    # memory; matvec reads no cached rows here (cached 0: vs stands in for the cache).
+
+    @cuda.jit(device=True)
+    def dropped_matvec(vec, masks, mats, hm, out, scratch, vs):
+        # out[gH:(g+1)H] = (vec * m_g) @ U_g for each gate g.
+        units = vec.shape[0]
+        gates = mats.shape[0]
+        for i in range(cuda.threadIdx.x, gates * units, cuda.blockDim.x):
+            g = i // units
+            hm[i] = vec[i - g * units] * masks[i]
+        cuda.syncthreads()
+        for g in range(gates):
+            o = g * units
+            matvec(hm[o:o + units], mats[g], vs, 0, out[o:o + units], scratch, vs)
+            cuda.syncthreads()
+
+    @cuda.jit(device=True)
+    def dropped_matvec_t(vec, masks, mats_t, part, out, scratch, vs):
+        # out[k] = sum_g (vec[gH:(g+1)H] @ U_g^T)[k] * m_g[k].
+        units = out.shape[0]
+        gates = mats_t.shape[0]
+        for g in range(gates):
+            o = g * units
+            matvec(vec[o:o + units], mats_t[g], vs, 0, part[o:o + units], scratch, vs)
+            cuda.syncthreads()
+        for k in range(cuda.threadIdx.x, units, cuda.blockDim.x):
+            acc = zero
+            for g in range(gates):
+                acc += part[g * units + k] * masks[g * units + k]
+            out[k] = acc
+        cuda.syncthreads()
+
+    return SimpleNamespace(matvec=matvec, stage=stage, layout=layout,
+                           dropped_matvec=dropped_matvec, dropped_matvec_t=dropped_matvec_t)

@@ -214,8 +214,12 @@ class FastRNNMixin:
         for cell, cell_states in zip(cells, per_cell):
             x = outputs
             if training and 0.0 < cell.dropout < 1.0:
-                # The same cached mask Keras' step loop applies at every step.
-                x = x * tf.expand_dims(cell.get_dropout_mask(x[:, 0, :]), 1)
+                # The same cached mask Keras' step loop applies at every step (a list of
+                # per-gate masks under implementation=1: the cell's loop applies those,
+                # gate_inputs).
+                dp_mask = cell.get_dropout_mask(x[:, 0, :])
+                if not isinstance(dp_mask, (list, tuple)):
+                    x = x * tf.expand_dims(dp_mask, 1)
             outputs, final = cell_entry(cell)[1](cell, x, cell_states, cell_mask, training,
                                                  go_backwards, self._device)
             finals.append(final)
@@ -269,11 +273,45 @@ class FastRNNMixin:
 
 
 def gated_fallback_reason(cell, training):
-    """GRU's and LSTM's: activations the kernels lack, or implementation=1 dropout."""
+    """GRU's and LSTM's: activations the kernels lack."""
     for arg, fn in (("activation", cell.activation),
                     ("recurrent_activation", cell.recurrent_activation)):
         if activation_name(fn) is None:
             return f"{arg}={fn!r} is not one the kernels implement"
-    if cell.implementation == 1 and training and (cell.dropout or cell.recurrent_dropout):
-        return "implementation=1 with dropout applies per-gate masks the kernels do not"
     return None
+
+
+def gate_inputs(cell, sequences, training):
+    """(inputs, kernel) for a gated cell's kernels: the sequences and the cell's kernel,
+    or, under Keras' per-gate input dropout (implementation=1: a list of G masks
+    [B, I]), the inputs widened to [x * m_0 | ... | x * m_{G-1}] [B, T, G*I] against
+    the block-diagonal kernel [G*I, G*H] whose block g is the kernel's gate g: the
+    same products x_g W_g, and TensorFlow's gradients of the widening and of the
+    blocks route dL/dx and dL/dW back."""
+    kernel = cell.kernel.value
+    if not (training and 0.0 < cell.dropout < 1.0):
+        return sequences, kernel
+    masks = cell.get_dropout_mask(sequences[:, 0, :])
+    if not isinstance(masks, (list, tuple)):
+        return sequences, kernel   # one mask: already applied by FastRNNMixin.inner_loop
+    gates = len(masks)
+    units = kernel.shape[1] // gates
+    wide = tf.concat([sequences * tf.expand_dims(tf.cast(m, sequences.dtype), 1)
+                      for m in masks], axis=-1)
+    blocks = []
+    for g in range(gates):
+        block = kernel[:, g * units:(g + 1) * units]
+        blocks.append(tf.pad(block, [[0, 0], [g * units, (gates - 1 - g) * units]]))
+    return wide, tf.concat(blocks, axis=0)
+
+
+def gate_recurrent_mask(cell, states, training):
+    """Keras' per-gate recurrent dropout masks side by side, [B, G*H], or None."""
+    if not (training and 0.0 < cell.recurrent_dropout < 1.0):
+        return None
+    masks = cell.get_recurrent_dropout_mask(states[0])
+    if not isinstance(masks, (list, tuple)):
+        # One mask: a cell switched to implementation=2 after it was built, whose
+        # step (Keras' fused branch) applies no recurrent dropout.
+        return None
+    return tf.concat([tf.cast(m, states[0].dtype) for m in masks], axis=-1)

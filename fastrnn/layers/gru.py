@@ -2,7 +2,14 @@ import keras
 
 from fastrnn import ops
 
-from ._base import FastRNNMixin, activation_name, gated_fallback_reason, register_cell
+from ._base import (
+    FastRNNMixin,
+    activation_name,
+    gate_inputs,
+    gate_recurrent_mask,
+    gated_fallback_reason,
+    register_cell,
+)
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -13,12 +20,12 @@ class GRU(FastRNNMixin, keras.layers.GRU):
     (Keras 3, TensorFlow backend); `set_weights(keras_gru.get_weights())` and
     weight files move both ways.
 
-    Falls back, with a warning, to Keras' own loop where the kernels cannot
-    match Keras exactly: activations other than tanh, relu, sigmoid,
-    hard_sigmoid and linear (custom callables included), and `implementation=1`
-    with dropout in training (Keras 3 sets `implementation=1` whenever
-    `recurrent_dropout > 0`: per-gate masks the kernels do not take yet).
-    `use_cudnn` and `unroll` are accepted; the result is the same.
+    `dropout` and `recurrent_dropout` draw Keras' own cached masks (one per gate
+    under `implementation=1`, which Keras 3 sets whenever `recurrent_dropout > 0`),
+    so a seeded run gives Keras' numbers. Falls back, with a warning, to Keras'
+    own loop where the kernels cannot match Keras exactly: activations other
+    than tanh, relu, sigmoid, hard_sigmoid and linear (custom callables
+    included). `use_cudnn` and `unroll` are accepted; the result is the same.
 
     Example:
         >>> import numpy as np, fastrnn
@@ -29,11 +36,13 @@ class GRU(FastRNNMixin, keras.layers.GRU):
 
 
 def _loop(cell, sequences, states, mask, training, go_backwards, device):
+    inputs, kernel = gate_inputs(cell, sequences, training)
     outputs, h_last = ops.gru(
-        sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
+        inputs, states[0], kernel, cell.recurrent_kernel.value,
         None if cell.bias is None else cell.bias.value, mask, reset_after=cell.reset_after,
         go_backwards=go_backwards, device=device, activation=activation_name(cell.activation),
-        recurrent_activation=activation_name(cell.recurrent_activation))
+        recurrent_activation=activation_name(cell.recurrent_activation),
+        recurrent_mask=gate_recurrent_mask(cell, states, training))
     return outputs, [h_last]
 
 

@@ -2,7 +2,14 @@ import keras
 
 from fastrnn import ops
 
-from ._base import FastRNNMixin, activation_name, gated_fallback_reason, register_cell
+from ._base import (
+    FastRNNMixin,
+    activation_name,
+    gate_inputs,
+    gate_recurrent_mask,
+    gated_fallback_reason,
+    register_cell,
+)
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -13,11 +20,12 @@ class LSTM(FastRNNMixin, keras.layers.LSTM):
     `keras.layers.LSTM` (Keras 3, TensorFlow backend); `return_state` gives
     `[output, h, c]` and `initial_state` takes `[h, c]`.
 
-    Falls back, with a warning, to Keras' own loop where the kernels cannot
-    match Keras exactly: activations other than tanh, relu, sigmoid,
-    hard_sigmoid and linear, and `implementation=1` with dropout in training
-    (Keras 3 sets it whenever `recurrent_dropout > 0`: per-gate masks the
-    kernels do not take yet). `use_cudnn` and `unroll` are accepted.
+    `dropout` and `recurrent_dropout` draw Keras' own cached masks (one per gate
+    under `implementation=1`, which Keras 3 sets whenever `recurrent_dropout > 0`),
+    so a seeded run gives Keras' numbers. Falls back, with a warning, to Keras'
+    own loop where the kernels cannot match Keras exactly: activations other
+    than tanh, relu, sigmoid, hard_sigmoid and linear. `use_cudnn` and `unroll`
+    are accepted.
 
     Example:
         >>> import numpy as np, fastrnn
@@ -28,11 +36,13 @@ class LSTM(FastRNNMixin, keras.layers.LSTM):
 
 
 def _loop(cell, sequences, states, mask, training, go_backwards, device):
+    inputs, kernel = gate_inputs(cell, sequences, training)
     outputs, h_last, c_last = ops.lstm(
-        sequences, states[0], states[1], cell.kernel.value, cell.recurrent_kernel.value,
+        inputs, states[0], states[1], kernel, cell.recurrent_kernel.value,
         None if cell.bias is None else cell.bias.value, mask, go_backwards=go_backwards,
         device=device, activation=activation_name(cell.activation),
-        recurrent_activation=activation_name(cell.recurrent_activation))
+        recurrent_activation=activation_name(cell.recurrent_activation),
+        recurrent_mask=gate_recurrent_mask(cell, states, training))
     return outputs, [h_last, c_last]
 
 

@@ -33,6 +33,7 @@ def _build(F):
     activate, activation_grad, one, zero = m.activate, m.activation_grad, m.one, m.zero
     bm = block_math(F)
     matvec, stage, layout = bm.matvec, bm.stage, bm.layout
+    dropped_matvec, dropped_matvec_t = bm.dropped_matvec, bm.dropped_matvec_t
 
     @cuda.jit(device=True)
     def forward_reset_after_step(gates, rec, b_in, b_rec, states, hh_saved, out, mask, first, t,
@@ -91,8 +92,9 @@ def _build(F):
             dh[b, j] = g
 
     @cuda.jit(device=True)
-    def forward_zr_step(gates, rec_zr, bias, states, rh_saved, mask, t, ract, b, j):
-        # reset_after=False, first half: z, r in place; rh = r * h_{t-1} (0 when masked).
+    def forward_zr_step(gates, rec_zr, bias, states, rh_saved, mask, t, ract, b, j, rmask):
+        # reset_after=False, first half: z, r in place; rh = r * h_{t-1} (0 when masked;
+        # * m_h under recurrent dropout, rmask [B, 3H], else [B, 0]).
         units = states.shape[2]
         if mask[t, b]:
             z = activate(ract, gates[t, b, j] + rec_zr[b, j] + bias[j])
@@ -100,7 +102,10 @@ def _build(F):
             r = activate(ract, gates[t, b, k] + rec_zr[b, k] + bias[k])
             gates[t, b, j] = z
             gates[t, b, k] = r
-            rh_saved[t, b, j] = r * states[t, b, j]
+            rh = r * states[t, b, j]
+            if rmask.shape[1] > 0:
+                rh *= rmask[b, 2 * units + j]
+            rh_saved[t, b, j] = rh
         else:
             rh_saved[t, b, j] = zero
 
@@ -145,13 +150,16 @@ def _build(F):
             dh[b, j] = g
 
     @cuda.jit(device=True)
-    def backward_r_step(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr, b, j):
-        # reset_after=False, second half: d_rh = dpc U_h^T gives dpr and dh += d_rh r.
+    def backward_r_step(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr, b, j, rmask):
+        # reset_after=False, second half: d_rh = dpc U_h^T gives dpr and dh += d_rh r
+        # (rh = r * h_{t-1} * m_h under recurrent dropout).
         units = dh.shape[1]
         k = units + j
         if mask[t, b]:
             r = gates[t, b, k]
             drh = d_rh[b, j]
+            if rmask.shape[1] > 0:
+                drh *= rmask[b, 2 * units + j]
             dpr = drh * states[t, b, j] * activation_grad(ract, r)
             d_xw[t, b, k] = dpr
             dh[b, j] += drh * r
@@ -167,16 +175,22 @@ def _build(F):
 
     @cuda.jit(**cu.row_jit_options())
     def forward_reset_after(gates, u, rec, b_in, b_rec, states, hh_saved, out, mask, first,
-                            cached, act, ract):
+                            cached, act, ract, rmask, mats, hm):
+        # rmask [B, 3H] per-gate recurrent dropout, mats [3, H, H] u's gate blocks, hm
+        # [B, 3H] scratch (kernels/_cuda_block.dropped_matvec); rmask [B, 0] for none.
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], states.shape[2]
+        dropped = rmask.shape[1] > 0
         scratch, vs, cache = layout(units)
         stage(u, cached, cache)
         cuda.syncthreads()
         for t in range(time):
-            matvec(states[t, b], u, cache, cached, rec[b], scratch, vs)
-            cuda.syncthreads()
+            if dropped:
+                dropped_matvec(states[t, b], rmask[b], mats, hm[b], rec[b], scratch, vs)
+            else:
+                matvec(states[t, b], u, cache, cached, rec[b], scratch, vs)
+                cuda.syncthreads()
             for j in range(tid, units, threads):
                 forward_reset_after_step(gates, rec, b_in, b_rec, states, hh_saved, out, mask,
                                          first, t, act, ract, b, j)
@@ -184,10 +198,11 @@ def _build(F):
 
     @cuda.jit(**cu.row_jit_options())
     def backward_reset_after(gates, hh_saved, states, d_out, dh, rec, mask, first, act, ract,
-                             d_xw, d_hu, u_t, cached):
+                             d_xw, d_hu, u_t, cached, rmask, mats_t, part):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], dh.shape[1]
+        dropped = rmask.shape[1] > 0
         depth = u_t.shape[0]
         scratch, vs, cache = layout(depth)
         stage(u_t, cached, cache)
@@ -197,25 +212,34 @@ def _build(F):
                 backward_reset_after_step(gates, hh_saved, states, d_out, dh, rec, mask, first, t,
                                           act, ract, d_xw, d_hu, b, j)
             cuda.syncthreads()
-            matvec(d_hu[t, b], u_t, cache, cached, rec[b], scratch, vs)
-            cuda.syncthreads()
+            if dropped:
+                dropped_matvec_t(d_hu[t, b], rmask[b], mats_t, part[b], rec[b], scratch, vs)
+            else:
+                matvec(d_hu[t, b], u_t, cache, cached, rec[b], scratch, vs)
+                cuda.syncthreads()
 
     @cuda.jit(**cu.row_jit_options())
     def forward_reset_before(gates, u_zr, u_h, rec_zr, rec_h, bias, states, rh_saved, out, mask,
-                             first, cached_zr, cached_h, act, ract):
+                             first, cached_zr, cached_h, act, ract, rmask, mats, hm):
+        # rmask [B, 3H], mats [2, H, H] (the z and r blocks), hm [B, 2H] as in
+        # forward_reset_after; rmask [B, 0] for none.
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], states.shape[2]
+        dropped = rmask.shape[1] > 0
         scratch, vs, caches = layout(units)
         cache_zr, cache_h = caches[:cached_zr * 2 * units], caches[cached_zr * 2 * units:]
         stage(u_zr, cached_zr, cache_zr)
         stage(u_h, cached_h, cache_h)
         cuda.syncthreads()
         for t in range(time):
-            matvec(states[t, b], u_zr, cache_zr, cached_zr, rec_zr[b], scratch, vs)
-            cuda.syncthreads()
+            if dropped:
+                dropped_matvec(states[t, b], rmask[b], mats, hm[b], rec_zr[b], scratch, vs)
+            else:
+                matvec(states[t, b], u_zr, cache_zr, cached_zr, rec_zr[b], scratch, vs)
+                cuda.syncthreads()
             for j in range(tid, units, threads):
-                forward_zr_step(gates, rec_zr, bias, states, rh_saved, mask, t, ract, b, j)
+                forward_zr_step(gates, rec_zr, bias, states, rh_saved, mask, t, ract, b, j, rmask)
             cuda.syncthreads()
             matvec(rh_saved[t, b], u_h, cache_h, cached_h, rec_h[b], scratch, vs)
             cuda.syncthreads()
@@ -225,10 +249,11 @@ def _build(F):
 
     @cuda.jit(**cu.row_jit_options())
     def backward_reset_before(gates, states, d_out, dh, rec, mask, first, act, ract, d_xw, d_pc,
-                              d_rh, d_zr, u_h_t, u_zr_t, cached_h, cached_zr):
+                              d_rh, d_zr, u_h_t, u_zr_t, cached_h, cached_zr, rmask, mats_t, part):
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], dh.shape[1]
+        dropped = rmask.shape[1] > 0
         scratch, vs, caches = layout(2 * units)
         cache_h, cache_zr = caches[:cached_h * units], caches[cached_h * units:]
         stage(u_h_t, cached_h, cache_h)
@@ -242,10 +267,13 @@ def _build(F):
             matvec(d_pc[b], u_h_t, cache_h, cached_h, d_rh[b], scratch, vs)
             cuda.syncthreads()
             for j in range(tid, units, threads):
-                backward_r_step(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr, b, j)
+                backward_r_step(gates, states, dh, d_rh, mask, t, ract, d_xw, d_zr, b, j, rmask)
             cuda.syncthreads()
-            matvec(d_zr[b], u_zr_t, cache_zr, cached_zr, rec[b], scratch, vs)
-            cuda.syncthreads()
+            if dropped:
+                dropped_matvec_t(d_zr[b], rmask[b], mats_t, part[b], rec[b], scratch, vs)
+            else:
+                matvec(d_zr[b], u_zr_t, cache_zr, cached_zr, rec[b], scratch, vs)
+                cuda.syncthreads()
 
     return dict(forward_reset_after=forward_reset_after, backward_reset_after=backward_reset_after,
                 forward_reset_before=forward_reset_before,
@@ -253,10 +281,10 @@ def _build(F):
 
 
 KERNELS = cu.KernelSet(_build, {
-    "forward_reset_after": "f3 f2 f2 f1 f1 f3 f3 f3 b2 i1 i i i",
-    "backward_reset_after": "f3 f3 f3 f3 f2 f2 b2 i1 i i f3 f3 f2 i",
-    "forward_reset_before": "f3 f2 f2 f2 f2 f1 f3 f3 f3 b2 i1 i i i i",
-    "backward_reset_before": "f3 f3 f3 f2 f2 b2 i1 i i f3 f2 f2 f2 f2 f2 i i",
+    "forward_reset_after": "f3 f2 f2 f1 f1 f3 f3 f3 b2 i1 i i i f2 f3 f2",
+    "backward_reset_after": "f3 f3 f3 f3 f2 f2 b2 i1 i i f3 f3 f2 i f2 f3 f2",
+    "forward_reset_before": "f3 f2 f2 f2 f2 f1 f3 f3 f3 b2 i1 i i i i f2 f3 f2",
+    "backward_reset_before": "f3 f3 f3 f2 f2 b2 i1 i i f3 f2 f2 f2 f2 f2 i i f2 f3 f2",
 })
 
 
@@ -266,7 +294,8 @@ class GRUSavedCUDA(GRUSaved):
 
 
 def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=True,
-                go_backwards=False, activation="tanh", recurrent_activation="sigmoid"):
+                go_backwards=False, activation="tanh", recurrent_activation="sigmoid",
+                recurrent_mask=None):
     """GRU on the GPU; arguments and results as kernels.gru_forward, as CuPy arrays."""
     xp = cu.array_module(x)
     if not isinstance(reset_after, (bool, np.bool_)):
@@ -281,6 +310,8 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
     mask_tm, first = cu.time_major_mask(xp, v.check_mask(mask, batch, time, xp), batch, time,
                                         go_backwards)
+    rec_mask = v.check_recurrent_mask(recurrent_mask, batch, 3 * units, x.dtype, xp,
+                                      meaning="[batch, 3 * units] (a mask per gate)")
     has_bias = bias is not None
     if bias is None:
         bias = xp.zeros((2, 3 * units) if reset_after else (3 * units,), x.dtype)
@@ -301,7 +332,8 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
         cu.launch_rows(k.forward_reset_after, batch, stream, shared, d_gates,
                        cu.device(recurrent_kernel), cu.device(rec), cu.device(bias[0]),
                        cu.device(bias[1]), d_states, d_extra, d_out, d_mask, d_first, cached, act,
-                       ract)
+                       ract, *[cu.device(a) for a in cu.dropout_arrays(
+                           xp, rec_mask, recurrent_kernel, 3, batch, transposed=False)])
     else:
         u_zr = xp.ascontiguousarray(recurrent_kernel[:, :2 * units])
         u_h = xp.ascontiguousarray(recurrent_kernel[:, 2 * units:])
@@ -310,9 +342,12 @@ def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=Tr
         cached, shared = cu.row_plan(x.dtype, units, [(units, 2 * units), (units, units)])
         cu.launch_rows(k.forward_reset_before, batch, stream, shared, d_gates,
                        *[cu.device(a) for a in (u_zr, u_h, rec_zr, rec_h, bias)], d_states,
-                       d_extra, d_out, d_mask, d_first, *cached, act, ract)
+                       d_extra, d_out, d_mask, d_first, *cached, act, ract,
+                       *[cu.device(a) for a in cu.dropout_arrays(
+                           xp, rec_mask, recurrent_kernel[:, :2 * units], 2, batch,
+                           transposed=False)])
     saved = GRUSavedCUDA(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_kernel,
-                         has_bias, bool(reset_after), act, ract, go_backwards)
+                         rec_mask, has_bias, bool(reset_after), act, ract, go_backwards)
     return out, states[time].copy(), saved
 
 
@@ -334,7 +369,6 @@ def gru_backward(saved, d_out, d_h_last):
                                      saved.mask, saved.first)]
     d_gates, d_extra, d_states, d_dout, d_dh, d_rec, d_mask, d_first = common
     d_d_xw = cu.device(d_xw)
-    h_prev = saved.states[:time].reshape(time * batch, units)
     d_xw2 = d_xw.reshape(time * batch, width)
     if saved.reset_after:
         d_hu = xp.empty((time, batch, width), dtype)
@@ -342,10 +376,12 @@ def gru_backward(saved, d_out, d_h_last):
         (cached,), shared = cu.row_plan(dtype, width, [(width, units)])
         cu.launch_rows(k.backward_reset_after, batch, stream, shared, d_gates, d_extra, d_states,
                        d_dout, d_dh, d_rec, d_mask, d_first, saved.act, saved.ract, d_d_xw,
-                       cu.device(d_hu), cu.device(rk_t), cached)
+                       cu.device(d_hu), cu.device(rk_t), cached,
+                       *[cu.device(a) for a in cu.dropout_arrays(
+                           xp, saved.recurrent_mask, rk, 3, batch, transposed=True)])
         dh += rec
         d_hu2 = d_hu.reshape(time * batch, width)
-        d_recurrent = cu.matmul(xp, h_prev.T, d_hu2)
+        d_recurrent = cu.recurrent_gradient(xp, saved.states[:time], d_hu, saved.recurrent_mask)
         d_bias = None
         if saved.has_bias:
             d_bias = xp.stack([d_xw2.sum(axis=0), d_hu2.sum(axis=0)])
@@ -358,10 +394,14 @@ def gru_backward(saved, d_out, d_h_last):
         cached, shared = cu.row_plan(dtype, 2 * units, [(units, units), (2 * units, units)])
         cu.launch_rows(k.backward_reset_before, batch, stream, shared, d_gates, d_states, d_dout,
                        d_dh, d_rec, d_mask, d_first, saved.act, saved.ract, d_d_xw,
-                       *[cu.device(a) for a in (d_pc, d_rh, d_zr, u_h_t, u_zr_t)], *cached)
+                       *[cu.device(a) for a in (d_pc, d_rh, d_zr, u_h_t, u_zr_t)], *cached,
+                       *[cu.device(a) for a in cu.dropout_arrays(
+                           xp, saved.recurrent_mask, rk[:, :2 * units], 2, batch,
+                           transposed=True)])
         dh += rec
         d_recurrent = xp.empty_like(rk)
-        d_recurrent[:, :2 * units] = cu.matmul(xp, h_prev.T, d_xw2[:, :2 * units])
+        d_recurrent[:, :2 * units] = cu.recurrent_gradient(
+            xp, saved.states[:time], d_xw, saved.recurrent_mask, 2)[:, :2 * units]
         d_recurrent[:, 2 * units:] = cu.matmul(
             xp, saved.extra.reshape(time * batch, units).T, d_xw2[:, 2 * units:])
         d_bias = d_xw2.sum(axis=0) if saved.has_bias else None

@@ -24,6 +24,7 @@ def _build(F):
     activate, activation_grad, zero = m.activate, m.activation_grad, m.zero
     bm = block_math(F)
     matvec, stage, layout = bm.matvec, bm.stage, bm.layout
+    dropped_matvec, dropped_matvec_t = bm.dropped_matvec, bm.dropped_matvec_t
 
     @cuda.jit(device=True)
     def forward_step(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t, act, ract,
@@ -86,16 +87,22 @@ def _build(F):
 
     @cuda.jit(**cu.row_jit_options())
     def forward(gates, u, rec, bias, h_states, c_states, tanh_c, out, mask, first, cached, act,
-                ract):
+                ract, rmask, mats, hm):
+        # rmask [B, 4H] per-gate recurrent dropout with mats [4, H, H] (the gate blocks of
+        # u) and hm [B, 4H] scratch; rmask [B, 0] for none.
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], h_states.shape[2]
+        dropped = rmask.shape[1] > 0
         scratch, vs, cache = layout(units)
         stage(u, cached, cache)
         cuda.syncthreads()
         for t in range(time):
-            matvec(h_states[t, b], u, cache, cached, rec[b], scratch, vs)
-            cuda.syncthreads()
+            if dropped:
+                dropped_matvec(h_states[t, b], rmask[b], mats, hm[b], rec[b], scratch, vs)
+            else:
+                matvec(h_states[t, b], u, cache, cached, rec[b], scratch, vs)
+                cuda.syncthreads()
             for j in range(tid, units, threads):
                 forward_step(gates, rec, bias, h_states, c_states, tanh_c, out, mask, first, t,
                              act, ract, b, j)
@@ -103,10 +110,12 @@ def _build(F):
 
     @cuda.jit(**cu.row_jit_options())
     def backward(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, act, ract, dz, u_t,
-                 cached):
+                 cached, rmask, mats_t, part):
+        # rmask, mats_t [4, H, H] (the blocks' transposes) and part [B, 4H] as forward's.
         b = cuda.blockIdx.x
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         time, units = gates.shape[0], dh.shape[1]
+        dropped = rmask.shape[1] > 0
         depth = u_t.shape[0]
         scratch, vs, cache = layout(depth)
         stage(u_t, cached, cache)
@@ -116,15 +125,18 @@ def _build(F):
                 backward_step(gates, c_states, tanh_c, d_out, dh, dc, rec, mask, first, t, act,
                               ract, dz, b, j)
             cuda.syncthreads()
-            matvec(dz[t, b], u_t, cache, cached, rec[b], scratch, vs)
-            cuda.syncthreads()
+            if dropped:
+                dropped_matvec_t(dz[t, b], rmask[b], mats_t, part[b], rec[b], scratch, vs)
+            else:
+                matvec(dz[t, b], u_t, cache, cached, rec[b], scratch, vs)
+                cuda.syncthreads()
 
     return dict(forward=forward, backward=backward)
 
 
 KERNELS = cu.KernelSet(_build, {
-    "forward": "f3 f2 f2 f1 f3 f3 f3 f3 b2 i1 i i i",
-    "backward": "f3 f3 f3 f3 f2 f2 f2 b2 i1 i i f3 f2 i",
+    "forward": "f3 f2 f2 f1 f3 f3 f3 f3 b2 i1 i i i f2 f3 f2",
+    "backward": "f3 f3 f3 f3 f2 f2 f2 b2 i1 i i f3 f2 i f2 f3 f2",
 })
 
 
@@ -134,7 +146,7 @@ class LSTMSavedCUDA(LSTMSaved):
 
 
 def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwards=False,
-                 activation="tanh", recurrent_activation="sigmoid"):
+                 activation="tanh", recurrent_activation="sigmoid", recurrent_mask=None):
     """LSTM on the GPU; arguments and results as kernels.lstm_forward, as CuPy arrays."""
     xp = cu.array_module(x)
     x = v.check_x(x, xp)
@@ -147,6 +159,8 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     ract = v.activation_code(recurrent_activation, "recurrent_activation")
     mask_tm, first = cu.time_major_mask(xp, v.check_mask(mask, batch, time, xp), batch, time,
                                         go_backwards)
+    rec_mask = v.check_recurrent_mask(recurrent_mask, batch, 4 * units, x.dtype, xp,
+                                      meaning="[batch, 4 * units] (a mask per gate)")
     has_bias = bias is not None
     if bias is None:
         bias = xp.zeros(4 * units, x.dtype)
@@ -163,11 +177,12 @@ def lstm_forward(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, go_backwa
     out = xp.empty((batch, time, units), x.dtype)
     rec = xp.empty((batch, 4 * units), x.dtype)
     (cached,), shared = cu.row_plan(x.dtype, units, [(units, 4 * units)])
+    dropout = cu.dropout_arrays(xp, rec_mask, recurrent_kernel, 4, batch, transposed=False)
     cu.launch_rows(k.forward, batch, stream, shared, *[cu.device(a) for a in (
         gates, recurrent_kernel, rec, bias, h_states, c_states, tanh_c, out, mask_tm, first)],
-        cached, act, ract)
+        cached, act, ract, *[cu.device(a) for a in dropout])
     saved = LSTMSavedCUDA(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kernel,
-                          recurrent_kernel, has_bias, act, ract, go_backwards)
+                          recurrent_kernel, rec_mask, has_bias, act, ract, go_backwards)
     return out, h_states[time].copy(), c_states[time].copy(), saved
 
 
@@ -187,14 +202,17 @@ def lstm_backward(saved, d_out, d_h_last, d_c_last):
     rec = xp.zeros((batch, units), dtype)
     rk_t = xp.ascontiguousarray(saved.recurrent_kernel.T)
     (cached,), shared = cu.row_plan(dtype, width, [(width, units)])
+    rec_mask = saved.recurrent_mask
+    dropout = cu.dropout_arrays(xp, rec_mask, saved.recurrent_kernel, 4, batch, transposed=True)
     cu.launch_rows(k.backward, batch, stream, shared, *[cu.device(a) for a in (
         saved.gates, saved.c_states, saved.tanh_c, d_out, dh, dc, rec, saved.mask, saved.first)],
-        saved.act, saved.ract, cu.device(dz), cu.device(rk_t), cached)
+        saved.act, saved.ract, cu.device(dz), cu.device(rk_t), cached,
+        *[cu.device(a) for a in dropout])
     dh += rec
     dz2 = dz.reshape(time * batch, width)
     dx = cu.from_time_major(xp, cu.matmul(xp, dz2, saved.kernel.T).reshape(time, batch, -1),
                             saved.go_backwards)
     d_kernel = cu.matmul(xp, saved.x_tm.reshape(time * batch, -1).T, dz2)
-    d_recurrent = cu.matmul(xp, saved.h_states[:time].reshape(time * batch, units).T, dz2)
+    d_recurrent = cu.recurrent_gradient(xp, saved.h_states[:time], dz, rec_mask)
     d_bias = dz2.sum(axis=0) if saved.has_bias else None
     return dx, dh, dc, d_kernel, d_recurrent, d_bias

@@ -140,6 +140,16 @@ def test_simple_rnn_recurrent_dropout_mask(rng, dtype):
     check("simple_rnn", rng, (B, 8, 4, H), dtype, "holes", False, recurrent_mask=recurrent_mask)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell,gates", [("lstm", 4), ("gru", 3), ("gru_reset_before", 3)])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_per_gate_recurrent_dropout_masks(cell, gates, rng, go_backwards, dtype):
+    # Keras' implementation=1 recurrent dropout: one [B, H] mask per gate, side by side.
+    B, H = 3, 5
+    recurrent_mask = ((rng.random((B, gates * H)) > 0.4) / 0.6).astype(dtype)
+    check(cell, rng, (B, 8, 4, H), dtype, "holes", go_backwards, recurrent_mask=recurrent_mask)
+
+
 SCAN_LENGTHS = [1, 2, 3, 17, 4097] if GPU_MODE else [1, 2, 3, 8, 9, 19]
 
 
