@@ -156,6 +156,10 @@ class FastRNNMixin:
             return False   # SimpleRNN, RNN(cell), minGRU: Keras has no cuDNN path
         if getattr(self, "use_cudnn", "auto") not in ("auto", True) or self.cell.recurrent_dropout:
             return False
+        if self.cell.implementation == 1 and self.cell.dropout:
+            # Keras' cuDNN attempt takes the list of per-gate input masks for one mask
+            # and fails; its generic loop (or fastrnn's kernels) applies them.
+            return False
         import importlib
 
         # The module (keras.src.backend.tensorflow's `rnn` attribute is a function).
