@@ -110,7 +110,7 @@ def test_stateful_and_reset_state(cell):
                                    dict(dropout=0.2, recurrent_dropout=0.5)])
 def test_dropout_matches_keras_with_the_same_seed(cell, rates):
     # Same seed, same cached masks: the same numbers as Keras' step loop, outputs and
-    # gradients. (Keras' GRU and LSTM, implementation 2, apply no recurrent dropout at all.)
+    # gradients (recurrent_dropout: Keras 3's implementation=1, one mask per gate).
     keras_cls, fast_cls = PAIRS[cell]
     layers = [cls(6, seed=7, return_sequences=True, **rates) for cls in (keras_cls, fast_cls)]
     for layer in layers:
