@@ -17,12 +17,11 @@ time or feature axis stays an error.
 import functools
 import importlib
 import inspect
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _blas, _cuda, _parts
 from . import _validate as v
+from ._saved import GATES, STATES, EmptySaved, array_module_of, bias_shape, empty_saved
 
 
 def _cuda_function(cell, name):
@@ -112,79 +111,12 @@ def backward(cpu_function, cell, recurrent=False):
     return dispatch
 
 
-# The empty batch. ---------------------------------------------------------------
-
-_SAVED_CLASSES = {"gru": "GRUSaved", "lstm": "LSTMSaved", "mingru": "MinGRUSaved",
-                  "simple_rnn": "SimpleRNNSaved"}
-_GATES = {"gru": 3, "lstm": 4, "mingru": 2, "simple_rnn": 1}
-_STATES = {"gru": ("h",), "lstm": ("h", "c"), "mingru": ("h",), "simple_rnn": ("h",)}
+# The empty batch (its `saved`: kernels._saved.EmptySaved). -----------------------
 
 
 def _empty_batch(x):
     return (isinstance(x, np.ndarray) or _cuda.is_cupy_array(x)) and getattr(
         x, "ndim", None) == 3 and x.shape[0] == 0
-
-
-def _xp(x):
-    return _cuda.array_module(x) if _cuda.is_cupy_array(x) else np
-
-
-def _bias_shape(cell, units, reset_after=True):
-    if cell == "gru" and reset_after:
-        return (2, 3 * units)
-    return (_GATES[cell] * units,)
-
-
-@dataclass(eq=False)
-class EmptySaved:
-    """The `saved` of a forward over an empty batch: only what the backward's
-    results' shapes need. Its backward returns dx [0, T, I], [0, H] per state and
-    zeros of the weights' shapes (None for a missing bias)."""
-
-    cell: str
-    time: int
-    features: int
-    units: int
-    dtype: np.dtype
-    kernel_shape: tuple
-    recurrent_kernel_shape: tuple  # None for minGRU
-    bias_shape: tuple              # None without a bias
-    xp: object                     # numpy or cupy
-
-    @property
-    def gates(self):
-        """An empty [0, T, G*H] array, as minGRU's `saved.gates` (the TF glue carries it)."""
-        return self.xp.empty((0, self.time, self.kernel_shape[1]), self.dtype)
-
-    def carried_arrays(self):
-        """As many empty arrays as kernels._validate.saved_arrays carries for the cell."""
-        cls = getattr(importlib.import_module(f"{__package__}.{self.cell}.cpu"),
-                      _SAVED_CLASSES[self.cell])
-        return [self.xp.empty((0,), self.dtype) for _ in v._plan(cls)[0]]
-
-    def backward(self, bound):
-        """The backward's results, after checking the upstream gradients of `bound`
-        (the backward's arguments: saved, d_out, then one per state)."""
-        xp, dtype = self.xp, self.dtype
-        grads = list(bound.arguments.items())[1:]
-        shapes = [(0, self.time, self.units)] + [(0, self.units)] * (len(grads) - 1)
-        for (name, g), shape in zip(grads, shapes):
-            v.check_grad(g, name, shape, dtype, xp)
-        weights = [self.kernel_shape, self.recurrent_kernel_shape, self.bias_shape]
-        if self.cell == "mingru":
-            del weights[1]
-        return (xp.zeros((0, self.time, self.features), dtype),
-                *[xp.zeros((0, self.units), dtype) for _ in _STATES[self.cell]],
-                *[None if shape is None else xp.zeros(shape, dtype) for shape in weights])
-
-
-def empty_saved(cell, x, kernel, recurrent_kernel, has_bias, reset_after=True):
-    """The EmptySaved of a forward over x [0, T, I] with these (checked) weights."""
-    units = kernel.shape[1] // _GATES[cell]
-    return EmptySaved(cell, x.shape[1], x.shape[2], units, np.dtype(x.dtype),
-                      tuple(kernel.shape),
-                      None if recurrent_kernel is None else tuple(recurrent_kernel.shape),
-                      _bias_shape(cell, units, reset_after) if has_bias else None, _xp(x))
 
 
 def _as_empty(saved, cell, recurrent):
@@ -196,7 +128,7 @@ def _as_empty(saved, cell, recurrent):
                             f"one of {saved.cell}_forward (over an empty batch)")
         return saved
     x = getattr(saved, "x_tm", getattr(saved, "x_p", None))
-    if cell not in _GATES or getattr(x, "ndim", 0) != 3 or x.shape[1 if recurrent else 0] or (
+    if cell not in GATES or getattr(x, "ndim", 0) != 3 or x.shape[1 if recurrent else 0] or (
             type(saved).__module__.split(".")[-2] != cell):
         return None  # not empty, or not this cell's (its backward's own check says so)
     time, features = (x.shape[0], x.shape[2]) if recurrent else (x.shape[1], x.shape[2])
@@ -209,7 +141,7 @@ def _empty_recurrence(cell, bound):
     """forward over x [0, T, I]: the launchers' checks, then empty outputs."""
     bound.apply_defaults()
     a = bound.arguments
-    xp = _xp(a["x"])
+    xp = array_module_of(a["x"])
     if cell == "gru" and not isinstance(a["reset_after"], (bool, np.bool_)):
         raise TypeError(f"reset_after must be a bool, got {a['reset_after']!r}")
     if cell == "mingru" and a["method"] not in ("auto", "sequential", "blelloch"):
@@ -218,11 +150,11 @@ def _empty_recurrence(cell, bound):
     x = v.check_x(a["x"], xp, empty_batch=True)
     reset_after = a.get("reset_after", True)
     kernel, recurrent_kernel, bias, units = v.check_weights(
-        x, a["kernel"], a.get("recurrent_kernel"), _GATES[cell], a["bias"],
-        lambda h: _bias_shape(cell, h, reset_after), xp)
+        x, a["kernel"], a.get("recurrent_kernel"), GATES[cell], a["bias"],
+        lambda h: bias_shape(cell, h, reset_after), xp)
     if cell != "mingru" and recurrent_kernel is None:
         raise TypeError("recurrent_kernel must be an array, got None")
-    for state in _STATES[cell]:
+    for state in STATES[cell]:
         v.check_state(a[f"{state}0"], f"{state}0", 0, units, x.dtype, xp)
     if "activation" in a:
         v.activation_code(a["activation"])
@@ -232,7 +164,7 @@ def _empty_recurrence(cell, bound):
     if "recurrent_mask" in a:
         v.check_recurrent_mask(a["recurrent_mask"], 0, kernel.shape[1], x.dtype, xp)
     empty = xp.empty((0, units), x.dtype)
-    return (xp.empty((0, x.shape[1], units), x.dtype), *[empty.copy() for _ in _STATES[cell]],
+    return (xp.empty((0, x.shape[1], units), x.dtype), *[empty.copy() for _ in STATES[cell]],
             empty_saved(cell, x, kernel, recurrent_kernel, bias is not None, reset_after))
 
 
@@ -242,7 +174,7 @@ def _check_empty_scan(bound, names):
     if a["method"] not in ("auto", "sequential", "blelloch"):
         raise ValueError(f"method must be one of ('auto', 'sequential', 'blelloch'), got "
                          f"{a['method']!r}")
-    xp = _xp(a[names[0]])
+    xp = array_module_of(a[names[0]])
     first = v.float_array(a[names[0]], names[0], xp=xp)
     if 0 in first.shape[1:]:
         raise ValueError(f"{names[0]} must have shape [batch, time, units] with time and units "
@@ -266,7 +198,7 @@ def _empty_scan_backward(bound):
 
 
 _EMPTY_FORWARD = {
-    **{cell: functools.partial(_empty_recurrence, cell) for cell in _GATES},
+    **{cell: functools.partial(_empty_recurrence, cell) for cell in GATES},
     "linear_scan": _empty_scan,
     "linear_scan_backward": _empty_scan_backward,
 }

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _blas, _microgemm, _pool
+from . import _validate as v
 
 # Below this much work, B * T * G*H * (I + G*H) (the products' multiply-adds are
 # B * T * G*H * (I + H)), a call is one part: handing a part to another thread costs
@@ -248,8 +249,6 @@ def backward(backward_fn, saved, grads, names):
     upstream gradients `grads` (d_out [B, T, H], then one [B, H] per state, each
     may be None); the batch-row gradients (dx and one per state) are joined, the
     weight gradients summed."""
-    from . import _validate as v
-
     shapes = [(saved.batch, saved.time, saved.units)] + [(saved.batch, saved.units)] * (
         len(grads) - 1)
     grads = [None if g is None else v.check_grad(g, name, shape, saved.dtype)

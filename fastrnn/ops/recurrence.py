@@ -32,7 +32,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from fastrnn import kernels
-from fastrnn.kernels import _blas, _cuda, _parts, _validate
+from fastrnn.kernels import _blas, _cuda, _parts, _saved, _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.lstm import cpu as lstm_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu
@@ -270,16 +270,16 @@ def _recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, u
     `saved_cls`, fixed by the configuration. `mask` and `recurrent_mask` get no
     gradient. `carry(saved)` lists the arrays the backward cannot rebuild and
     `restore(carried, x, states0, weights, mask, recurrent_mask)` rebuilds `saved`
-    (`n_carry` arrays); by default the recurrent cells' (kernels._validate).
+    (`n_carry` arrays); by default the recurrent cells' (kernels._saved).
     `recurrent`: the cell has a per-step recurrent product (False for minGRU).
     """
     if carry is None:
-        n_carry = sum(f.type is np.ndarray and f.name not in _validate.DERIVED_FIELDS
+        n_carry = sum(f.type is np.ndarray and f.name not in _saved.DERIVED_FIELDS
                       for f in saved_cls.__dataclass_fields__.values())
-        carry = _validate.saved_arrays
+        carry = _saved.saved_arrays
 
         def restore(carried, x_np, states_np, ws, m, rm):
-            return _validate.restore_saved(saved_cls, carried, x_np, m, ws[0], ws[1],
+            return _saved.restore_saved(saved_cls, carried, x_np, m, ws[0], ws[1],
                                            recurrent_mask=rm, **meta)
 
     out_dtype = x.dtype

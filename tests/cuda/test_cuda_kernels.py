@@ -228,7 +228,7 @@ def test_saved_rebuilt_from_carried_arrays(cell, rng):
     # What the Keras layers' GPU route does between its two py_functions: carry
     # the arrays of `saved` that cannot be rebuilt, rebuild the rest from the
     # inputs; the backward must not change.
-    from fastrnn.kernels import _validate
+    from fastrnn.kernels import _saved
     from fastrnn.kernels.mingru import cpu as mingru_cpu
 
     fwd, bwd, _, _, fixed = _functions(cell)
@@ -242,10 +242,10 @@ def test_saved_rebuilt_from_carried_arrays(cell, rng):
             has_bias=True, go_backwards=True, method="blelloch")
         assert type(saved) is type(rebuilt) and type(saved) is not mingru_cpu.MinGRUSaved
     else:
-        carried = _validate.saved_arrays(saved)
+        carried = _saved.saved_arrays(saved)
         meta = {k: getattr(saved, k) for k in saved.__dataclass_fields__
                 if not hasattr(getattr(saved, k), "shape")}  # the flags, not the arrays
-        rebuilt = _validate.restore_saved(
+        rebuilt = _saved.restore_saved(
             type(saved).__mro__[1], carried, arrays["x"], mask, arrays["kernel"],
             arrays["recurrent_kernel"], cuda=True, **meta)
         assert type(rebuilt) is type(saved)

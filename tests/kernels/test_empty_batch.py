@@ -11,7 +11,7 @@ import pytest
 from conftest import DTYPES, check_kernel_against_reference
 
 from fastrnn import kernels
-from fastrnn.kernels import _dispatch, _parts, _validate
+from fastrnn.kernels import _dispatch, _parts, _saved
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import cpu as lstm_cpu
@@ -106,16 +106,16 @@ def test_saved_arrays_and_restore_saved(cell):
     # rebuild `saved` with restore_saved from the forward's inputs.
     forward, backward, _, _, states, cls = CELLS[cell]
     full = arrays(cell, np.float64, batch=2)
-    carried_full = _validate.saved_arrays(forward(*full.values())[-1])
+    carried_full = _saved.saved_arrays(forward(*full.values())[-1])
     a = arrays(cell, np.float64)
     *outs, saved = forward(*a.values())
-    carried = _validate.saved_arrays(saved)
+    carried = _saved.saved_arrays(saved)
     assert len(carried) == len(carried_full)
     assert all(c.size == 0 and c.dtype == np.float64 for c in carried)
     meta = dict(has_bias=True, go_backwards=False)
     if cell == "gru":
         meta["reset_after"] = True
-    restored = _validate.restore_saved(cls, carried, a["x"], None, a["kernel"],
+    restored = _saved.restore_saved(cls, carried, a["x"], None, a["kernel"],
                                        a["recurrent_kernel"], **meta)
     got, want = backward(restored, *[None] * len(outs)), backward(saved, *[None] * len(outs))
     assert [g.shape for g in got] == [w.shape for w in want]

@@ -165,7 +165,7 @@ def test_outputs_are_64_byte_aligned(cell, batch, time):
     # aligned, so everything of 64 KiB or more that a layer hands back to TF
     # (outputs, final states, the carried `saved` arrays, gradients of x, initial
     # states and weights) is; smaller copies cost less than aligning.
-    from fastrnn.kernels import _pool, _validate
+    from fastrnn.kernels import _pool, _saved
 
     rng = np.random.default_rng(0)
     I, H = 16, 64
@@ -181,7 +181,7 @@ def test_outputs_are_64_byte_aligned(cell, batch, time):
     else:
         U = rng.standard_normal((H, gates * H)).astype(np.float32) * 0.3
         *outs, saved = forward(x, *[None] * n_states, W, U, None)
-        carried = _validate.saved_arrays(saved)
+        carried = _saved.saved_arrays(saved)
     grads = backward(saved, np.ones_like(outs[0]), *[None] * n_states)
     arrays = [a for a in outs + carried + list(grads)
               if a is not None and a.nbytes >= _pool._ALIGN_MIN_BYTES]
