@@ -57,7 +57,7 @@ class EmptySaved:
         return self.xp.empty((0, self.time, self.kernel_shape[1]), self.dtype)
 
     def carried_arrays(self):
-        """As many empty arrays as kernels._validate.saved_arrays carries for the cell."""
+        """As many empty arrays as saved_arrays carries for the cell."""
         cls = getattr(importlib.import_module(f"{__package__}.{self.cell}.cpu"),
                       SAVED_CLASSES[self.cell])
         return [self.xp.empty((0,), self.dtype) for _ in _plan(cls)[0]]

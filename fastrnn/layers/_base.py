@@ -195,7 +195,13 @@ class FastRNNMixin:
         gpu = self._gpu_route()
         if gpu is not None and gpu[0] != "cuda":
             _routes.note(self, *gpu)
-            return self._keras_inner_loop(sequences, initial_state, mask, training)
+            if gpu[0] == _routes.KERAS_CUDNN or getattr(self, "use_cudnn", "auto") is True:
+                # Keras' own class: cuDNN, or its error for use_cudnn=True where cuDNN
+                # cannot run.
+                return self._keras_inner_loop(sequences, initial_state, mask, training)
+            # Keras' cuDNN attempt would decline here anyway (or, on implementation=1
+            # input dropout, fail on the list of per-gate masks): its generic loop.
+            return self._keras_loop(sequences, initial_state, mask, training)
         reason = self._fallback_reason(training)
         if reason is not None:
             _routes.note(self, _routes.KERAS, reason)

@@ -202,3 +202,20 @@ def test_a_split_call_leaves_no_reference_cycle(rng, force_split):
         assert [r() for r in refs] == [None] * len(refs)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,gates", [("gru", 3), ("lstm", 4)])
+def test_split_calls_with_per_gate_dropout_masks(rng, force_split, cell, gates, dtype):
+    # The per-gate recurrent dropout masks [B, G*H] split with the batch.
+    if _parts.available_threads() < 2:
+        pytest.skip("OpenBLAS runs one thread here: nothing to split over")
+    B, T, I, H = 5, 9, 3, 4
+    forward, backward, ref_forward, ref_backward = _functions(cell)
+    recurrent_mask = ((rng.random((B, gates * H)) < 0.6) / 0.6).astype(dtype)
+    check_kernel_against_reference(forward, backward, ref_forward, ref_backward,
+                                   _arrays(rng, cell, B, T, I, H, dtype), dtype, rng,
+                                   mask=make_mask("masked_first", B, T, rng), go_backwards=True,
+                                   recurrent_mask=recurrent_mask)
+    parts = min(_parts.available_threads(), B)
+    assert force_split == [parts, parts]

@@ -121,3 +121,24 @@ def test_device_cpu_keeps_the_cpu_op_and_no_gpu_keeps_it_too(gpu_machine, monkey
     assert [r for r, _ in _route_of(layer, _x())] != [_routes.KERAS]
     monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [])
     assert fastrnn.LSTM(H)._gpu_route() is None
+
+
+@pytest.mark.parametrize("cls,keras_cls", [(fastrnn.LSTM, keras.layers.LSTM),
+                                           (fastrnn.GRU, keras.layers.GRU)])
+def test_per_gate_input_dropout_without_cupy_runs_keras_generic_loop(gpu_machine, cls,
+                                                                     keras_cls):
+    # implementation=1 input dropout (no recurrent dropout): Keras' own inner_loop would
+    # try cuDNN with the list of per-gate masks as one mask and fail. Without CuPy the
+    # layer runs Keras' generic loop: Keras' numbers (use_cudnn=False) and no cuDNN call.
+    asked = gpu_machine(False)
+    config = dict(units=H, dropout=0.3, implementation=1, seed=4, return_sequences=True)
+    fast, ref = cls(**config), keras_cls(**config, use_cudnn=False)
+    x = _x()
+    fast.build(x.shape)
+    ref.build(x.shape)
+    fast.set_weights(ref.get_weights())
+    before = len(asked)
+    got = fast(x, training=True)
+    assert asked[before:] == []
+    assert [r for n, _, r, _ in _routes.notes() if n == fast.name] == [_routes.KERAS]
+    np.testing.assert_allclose(got, ref(x, training=True), rtol=1e-6, atol=1e-6)

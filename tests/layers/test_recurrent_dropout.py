@@ -92,20 +92,32 @@ def test_traced_step_with_unknown_batch(kind):
     fast.set_weights(ref.get_weights())
     x = tf.constant(np.random.default_rng(2).standard_normal((40, T, I)).astype("float32"))
     spec = [tf.TensorSpec([None, T, I], tf.float32)]
+    seen = len(_routes.notes())
     got = tf.function(lambda x: run(fast, x), input_signature=spec)(x)
+    assert _routes.KERAS not in fast_routes(fast, seen)
     expected = tf.function(lambda x: run(ref, x), input_signature=spec)(x)
     assert_same(got, expected)
 
 
-def test_per_gate_masks_differ_from_one_shared_mask():
-    # The gates draw masks of their own: with every gate's mask the same the result
-    # would differ (guards against applying mask 0 to every gate).
-    layer = fastrnn.LSTM(H, seed=1, recurrent_dropout=0.5, return_sequences=True)
-    x = np.random.default_rng(3).standard_normal((B, T, I)).astype("float32")
-    layer(x)
-    masks = layer.cell._create_dropout_mask(tf.zeros((B, H)), 0.5)
-    assert len(masks) == 4
-    assert any(not np.array_equal(np.asarray(masks[0]), np.asarray(m)) for m in masks[1:])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_mixed_precision(kind):
+    keras_cls, fast_cls, extra = CASES[kind]
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        config = dict(units=H, seed=6, dropout=0.2, recurrent_dropout=0.3,
+                      return_sequences=True, **extra)
+        ref, fast = keras_cls(**config, use_cudnn=False), fast_cls(**config)
+        ref.build((None, T, I))
+        fast.build((None, T, I))
+        fast.set_weights(ref.get_weights())
+        x = tf.constant(np.random.default_rng(7).standard_normal((B, T, I)).astype("float32"))
+        seen = len(_routes.notes())
+        got, expected = fast(x, training=True), ref(x, training=True)
+        assert got.dtype == expected.dtype == tf.float16
+        assert _routes.KERAS not in fast_routes(fast, seen)
+        assert_same(got, expected, tol=5e-3)   # float16 outputs: a few of its ulps
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_bidirectional_sentiment_fit_matches_keras():
@@ -115,6 +127,7 @@ def test_bidirectional_sentiment_fit_matches_keras():
         row[n:] = 0
     y = rng.integers(0, 2, (24, 1)).astype("float32")
     losses = []
+    seen = len(_routes.notes())
     for cls in (keras.layers.LSTM, fastrnn.LSTM):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([
@@ -125,6 +138,8 @@ def test_bidirectional_sentiment_fit_matches_keras():
         losses.append(model.fit(x, y, batch_size=8, epochs=2, shuffle=False,
                                 verbose=0).history["loss"])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    routes = {route for _, _, route, _ in _routes.notes()[seen:]}
+    assert routes and _routes.KERAS not in routes   # both directions ran the kernels
 
 
 def test_rnn_of_stacked_cells_with_recurrent_dropout():
