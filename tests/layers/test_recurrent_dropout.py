@@ -115,7 +115,9 @@ def test_mixed_precision(kind):
         got, expected = fast(x, training=True), ref(x, training=True)
         assert got.dtype == expected.dtype == tf.float16
         assert _routes.KERAS not in fast_routes(fast, seen)
-        assert_same(got, expected, tol=5e-3)   # float16 outputs: a few of its ulps
+        # float16 outputs below 1 in magnitude: 4 of their ulps (2**-11), the bound
+        # test_models' policy test uses; measured at most 2**-10 over 12 seeded cases.
+        assert_same(got, expected, tol=4 * 2.0 ** -11)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
