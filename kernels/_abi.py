@@ -76,24 +76,26 @@ def address_to_pointer(typingctx, address):
 # for it (`ensure`). The order is fixed: cached callers hold slot numbers.
 CORES = ("prepare", "gru_forward", "gru_backward", "lstm_forward", "lstm_backward",
          "simple_rnn_forward", "simple_rnn_backward", "mingru_forward", "mingru_backward",
-         "gru_forward_reset_before", "gru_backward_reset_before")
+         "gru_forward_reset_before", "gru_backward_reset_before", "mingru_prepare")
 _TABLE_NAME = "fastrnn_core_table"
 
 
-def _shared_table():
-    """The table: one per process, even where this module is imported twice (under
-    two package names): a second import uses the memory the symbol already names,
-    or the first import's cores would be called from an empty table."""
-    size = 2 * len(CORES)
-    address = llvm.address_of_symbol(_TABLE_NAME)
+def shared_table(name, size):
+    """An int64 [size] table known to compiled code as symbol `name`: one per
+    process, even where this module is imported twice (under two package names): a
+    second import uses the memory the symbol already names, or the first import's
+    entries would be read from an empty table."""
+    address = llvm.address_of_symbol(name)
     if address:
         return np.ctypeslib.as_array((ctypes.c_int64 * size).from_address(address))
     table = np.zeros(size, np.int64)
-    llvm.add_symbol(_TABLE_NAME, table.ctypes.data)
+    llvm.add_symbol(name, table.ctypes.data)
+    _tables.append(table)
     return table
 
 
-_table = _shared_table()  # kept by this module for the process: the symbol points into it
+_tables = []
+_table = shared_table(_TABLE_NAME, 2 * len(CORES))  # kept by this module for the process: the symbol points into it
 
 
 def slot(name, dtype):
@@ -102,7 +104,7 @@ def slot(name, dtype):
 
 
 @intrinsic
-def _call_slot(typingctx, index, args):
+def call_slot(typingctx, index, args):
     """Call the core at table[index] on `args` (the address of its int64 args) when
     one is bound there; returns whether one was."""
     if not isinstance(index, types.Integer) or not isinstance(args, types.Integer):
@@ -128,7 +130,10 @@ def _call_slot(typingctx, index, args):
     return types.boolean(index, args), codegen
 
 
-def register(name, factory):
+ARGS = {}  # core name -> how many int64 arguments it reads before its done flag
+
+
+def register(name, factory, args):
     """Declare core `name` (one of CORES): factory(dtype) makes its cfunc (signature
     SIGNATURE). Returns `call(sample, args)`, callable from @njit code: runs the
     core for sample's dtype (an array, or a dtype such as np.float32) on the int64
@@ -136,6 +141,7 @@ def register(name, factory):
     (False: it raised, and Numba printed why; or it was never `ensure`d)."""
     if name not in CORES:
         raise ValueError(f"core {name!r} has no slot: add it to kernels._abi.CORES")
+    ARGS[name] = args
     _factories[name] = factory
     _modules[name] = factory.__module__
     slots = {types.float32: slot(name, np.float32), types.float64: slot(name, np.float64)}
@@ -151,7 +157,7 @@ def register(name, factory):
         def impl(sample, args):
             last = args.shape[0] - 1
             args[last] = 0
-            _call_slot(index, args.ctypes.data)
+            call_slot(index, args.ctypes.data)
             return args[last] != 0
 
         return impl
@@ -159,15 +165,15 @@ def register(name, factory):
     return call
 
 
-def register_cell(cell, forward_factory, backward_factory, variant=""):
+def register_cell(cell, forward_factory, backward_factory, args, variant=""):
     """Register a cell's two cores, `<cell>_forward<variant>` and
     `<cell>_backward<variant>` (variant: "" or a suffix such as "_reset_before").
     Returns (forward call, backward call, prepare_cores): see `register`;
     prepare_cores(dtype) compiles (or loads) and binds both for dtype, once per
     process."""
     forward_name, backward_name = f"{cell}_forward{variant}", f"{cell}_backward{variant}"
-    forward = register(forward_name, forward_factory)
-    backward = register(backward_name, backward_factory)
+    forward = register(forward_name, forward_factory, args[0])
+    backward = register(backward_name, backward_factory, args[1])
 
     def prepare_cores(dtype):
         ensure(forward_name, dtype, aside=(backward_name,))

@@ -285,7 +285,7 @@ def _prepare_cfunc(dtype):
     return run
 
 
-_prepare_by_name = _abi.register("prepare", _prepare_cfunc)
+_prepare_by_name = _abi.register("prepare", _prepare_cfunc, _PREPARE_ARGS)
 
 
 @jit

@@ -91,6 +91,7 @@ _KERNEL_SYMBOLS = {
     "TF_AllocateTemp": (_ip, _ip, _i32, _ip, _i32, _ip, _ip),
     "TF_DeleteTensor": (types.void, _ip),
     "TF_OpKernelContext_Failure": (types.void, _ip, _ip),
+    "TF_OpKernelConstruction_GetAttrInt64": (types.void, _ip, _ip, _ip, _ip),
     "TF_NewShapeHandle": (_ip,),
     "TF_DeleteShapeHandle": (types.void, _ip),
     "TF_ShapeInferenceContextGetInput": (types.void, _ip, _i32, _ip, _ip),
@@ -123,6 +124,7 @@ TF_AllocateOutput = _extern("TF_AllocateOutput")
 TF_AllocateTemp = _extern("TF_AllocateTemp")
 TF_DeleteTensor = _extern("TF_DeleteTensor")
 TF_OpKernelContext_Failure = _extern("TF_OpKernelContext_Failure")
+TF_OpKernelConstruction_GetAttrInt64 = _extern("TF_OpKernelConstruction_GetAttrInt64")
 TF_NewShapeHandle = _extern("TF_NewShapeHandle")
 TF_DeleteShapeHandle = _extern("TF_DeleteShapeHandle")
 TF_ShapeInferenceContextGetInput = _extern("TF_ShapeInferenceContextGetInput")
@@ -519,9 +521,10 @@ def register_op(name, inputs, outputs, attrs, shape_fn):
         return True
 
 
-def register_kernel(op, compute, dtype_code):
+def register_kernel(op, compute, dtype_code, create=None):
     """Register `compute` as op's CPU kernel for T = dtype_code, once per process (a
-    second registration of the same kernel makes every call of the op fail)."""
+    second registration of the same kernel makes every call of the op fail);
+    `create` (a cfunc or None) makes each kernel instance's state."""
     from tensorflow.python.framework import kernels as tf_kernels
 
     c = calls()
@@ -531,8 +534,10 @@ def register_kernel(op, compute, dtype_code):
                        if k.name == "T"]
             if kernel.device_type == "CPU" and allowed == [(dtype_code,)]:
                 return False
-        builder = c["TF_NewKernelBuilder"](op.encode(), b"CPU", None, compute.address, None)
-        _KEEP.objects.append(compute)
+        builder = c["TF_NewKernelBuilder"](op.encode(), b"CPU",
+                                           None if create is None else create.address,
+                                           compute.address, None)
+        _KEEP.objects.extend([compute, create])
         status = c["TF_NewStatus"]()
         c["TF_KernelBuilder_TypeConstraint"](builder, b"T", dtype_code, status)
         _check(c, status, f"constraining the kernel of {op}")

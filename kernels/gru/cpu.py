@@ -490,9 +490,11 @@ def _backward_run(dtype, reset_after):
 # Keras' default.
 _VARIANTS = {True: "", False: "_reset_before"}  # kernels._abi's name suffix
 _forward_after, _backward_after, _prepare_after = _abi.register_cell(
-    "gru", _forward_cfunc(True), _backward_cfunc(True), _VARIANTS[True])
+    "gru", _forward_cfunc(True), _backward_cfunc(True), (_FORWARD_ARGS, _BACKWARD_ARGS),
+    _VARIANTS[True])
 _forward_before, _backward_before, _prepare_before = _abi.register_cell(
-    "gru", _forward_cfunc(False), _backward_cfunc(False), _VARIANTS[False])
+    "gru", _forward_cfunc(False), _backward_cfunc(False), (_FORWARD_ARGS, _BACKWARD_ARGS),
+    _VARIANTS[False])
 
 
 def core_names(reset_after=True):

@@ -274,7 +274,7 @@ def _backward_cfunc(dtype):
 
 
 _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
-    "lstm", _forward_cfunc, _backward_cfunc)
+    "lstm", _forward_cfunc, _backward_cfunc, (_FORWARD_ARGS, _BACKWARD_ARGS))
 
 
 @jit

@@ -293,7 +293,27 @@ def _backward_cfunc(dtype):
 
 
 _forward_by_name, _backward_by_name, prepare_cores = _abi.register_cell(
-    "mingru", _forward_cfunc, _backward_cfunc)
+    "mingru", _forward_cfunc, _backward_cfunc, (_FORWARD_ARGS, _BACKWARD_ARGS))
+
+# prepare compiled once per dtype, for the TensorFlow backward op (which rebuilds
+# x_p, mask_bt and first from x and mask): x, mask, x_p, mask_bt, first (SLOTS each),
+# has_mask, go_backwards; the done flag.
+PREPARE_ARGS = 5 * _abi.SLOTS + 2
+
+
+def _prepare_cfunc(dtype):
+    @cfunc(_abi.SIGNATURE, cache=True, error_model="numpy", nogil=True)
+    def run(address):
+        a = carray(address, PREPARE_ARGS + 1, np.int64)
+        s = 5 * _abi.SLOTS
+        prepare(view3(a, 0, dtype), view2(a, 4, np.bool_), a[s] != 0, a[s + 1] != 0,
+                view3(a, 8, dtype), view2(a, 12, np.bool_), view1(a, 16, np.int64))
+        a[PREPARE_ARGS] = 1  # finished (kernels._abi)
+
+    return run
+
+
+_abi.register("mingru_prepare", _prepare_cfunc, PREPARE_ARGS)
 
 
 @jit

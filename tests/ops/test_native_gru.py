@@ -109,36 +109,6 @@ def test_inference_runs_the_forward_op_alone():
     assert "FastrnnGRUForward" in ops and "FastrnnGRUBackward" not in ops
 
 
-def test_bad_input_is_a_tf_error_naming_the_op():
-    gen = native.ops("gru", np.float32)
-    x, h0, kernel, recurrent, bias, mask, d_out, d_h = data("float32")
-    config = np.array([1, 0, 0, 2, 0, 1, 0, 0], np.int32)
-    no_mask = np.zeros((0, 0), bool)
-    no_rmask = np.zeros((0, 0), np.float32)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUForward: h0 must be"):
-        gen.fastrnn_gru_forward(x, h0[:2], kernel, recurrent, bias, no_mask, no_rmask, config)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUForward: bias must be"):
-        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias[0], no_mask, no_rmask, config)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="time axis is empty"):
-        gen.fastrnn_gru_forward(x[:, :0], h0, kernel, recurrent, bias, no_mask, no_rmask, config)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="config must be"):
-        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, no_rmask, config[:3])
-    out = gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, no_rmask, config)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUBackward: d_out must be"):
-        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, no_rmask, config, *out[2:], d_out[:, :3], d_h)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="FastrnnGRUBackward: the saved"):
-        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, no_rmask, config, out[2][:2], *out[3:],
-                                 d_out, d_h)
-    rmask = gate_masks("float32")
-    on = config + [0, 0, 0, 0, 0, 0, 0, 1]
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="FastrnnGRUForward: recurrent_mask must be"):
-        gen.fastrnn_gru_forward(x, h0, kernel, recurrent, bias, no_mask, rmask[:, :H], on)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="FastrnnGRUBackward: recurrent_mask must be"):
-        gen.fastrnn_gru_backward(x, kernel, recurrent, no_mask, rmask[:2], on, *out[2:], d_out, d_h)
-
-
 def test_empty_batch():
     x, h0, kernel, recurrent, bias, _, d_out, d_h = data("float32")
     got = through_ops(x[:0], h0[:0], kernel, recurrent, bias, None, d_out[:0], d_h[:0],

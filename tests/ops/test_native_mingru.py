@@ -124,69 +124,6 @@ def test_inference_runs_the_forward_op_alone():
                                   kernels.mingru_forward(x, h0, kernel, bias)[0])
 
 
-def test_static_shapes():
-    x, h0, kernel, bias, _, _, _ = data("float32")
-    gen = native.ops("mingru", np.float32)
-    config = np.array([0, 0, 1], np.int32)
-
-    @tf.function(input_signature=[tf.TensorSpec((None, T, I), tf.float32),
-                                  tf.TensorSpec((None, H), tf.float32)])
-    def fn(x, h0):
-        out, h_last, gates = gen.fastrnn_min_gru_forward(x, h0, kernel, bias,
-                                                         np.zeros((0, 0), bool), config)
-        assert out.shape.as_list() == [None, T, H]
-        assert h_last.shape.as_list() == [None, H]
-        assert gates.shape.as_list() == [None, T, 2 * H]
-        return out
-
-    fn(x, h0)
-
-
-def test_bad_input_is_a_tf_error_naming_the_op():
-    gen = native.ops("mingru", np.float32)
-    x, h0, kernel, bias, mask, d_out, d_h = data("float32", masked=True)
-    config = np.array([0, 0, 1], np.int32)
-    no_mask = np.zeros((0, 0), bool)
-    forward, backward = gen.fastrnn_min_gru_forward, gen.fastrnn_min_gru_backward
-    err = tf.errors.InvalidArgumentError
-    with pytest.raises(err, match="FastrnnMinGRUForward: h0 must be"):
-        forward(x, h0[:2], kernel, bias, no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: kernel must be"):
-        forward(x, h0, kernel[:2], bias, no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: kernel must be"):
-        forward(x, h0, kernel[:, :7], bias, no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: bias must be"):
-        forward(x, h0, kernel, bias[:3], no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: bias must be"):
-        forward(x, h0, kernel, bias, no_mask, np.array([0, 0, 0], np.int32))
-    with pytest.raises(err, match="FastrnnMinGRUForward: mask must be"):
-        forward(x, h0, kernel, bias, mask[:, :3], np.array([0, 1, 1], np.int32))
-    with pytest.raises(err, match="FastrnnMinGRUForward: x must have rank 3"):
-        forward(x[0], h0, kernel, bias, no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: x must have rank 3"):
-        forward(x[:, :, :0], h0, kernel[:0], bias, no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: the time axis is empty"):
-        forward(x[:, :0], h0, kernel, bias, no_mask, config)
-    with pytest.raises(err, match="FastrnnMinGRUForward: config must be"):
-        forward(x, h0, kernel, bias, no_mask, config[:2])
-    out = forward(x, h0, kernel, bias, no_mask, config)
-    gates = out[2]
-    with pytest.raises(err, match="FastrnnMinGRUBackward: d_out must be"):
-        backward(x, kernel, no_mask, config, gates, d_out[:, :3], d_h)
-    with pytest.raises(err, match="FastrnnMinGRUBackward: d_out must be"):
-        backward(x, kernel, no_mask, config, gates, d_out, d_h[:, :2])
-    with pytest.raises(err, match="FastrnnMinGRUBackward: the saved gates"):
-        backward(x, kernel, no_mask, config, gates[:2], d_out, d_h)
-    with pytest.raises(err, match="FastrnnMinGRUBackward: kernel must be"):
-        backward(x, kernel[:2], no_mask, config, gates, d_out, d_h)
-    with pytest.raises(err, match="FastrnnMinGRUBackward: mask must be"):
-        backward(x, kernel, mask[:3], np.array([0, 1, 1], np.int32), gates, d_out, d_h)
-    with pytest.raises(err, match="FastrnnMinGRUBackward: the time axis is empty"):
-        backward(x[:, :0], kernel, no_mask, config, gates[:, :0], d_out[:, :0], d_h)
-    with pytest.raises(err, match="FastrnnMinGRUBackward: config must be"):
-        backward(x, kernel, no_mask, config[:1], gates, d_out, d_h)
-
-
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_empty_batch(use_bias):
     x, h0, kernel, bias, _, d_out, d_h = data("float32", use_bias)

@@ -132,60 +132,6 @@ def test_inference_runs_the_forward_op_alone():
           "float32", "out")
 
 
-def test_bad_input_is_a_tf_error_naming_the_op():
-    gen = native.ops("simple_rnn", np.float32)
-    x, h0, kernel, recurrent, bias, _, rmask, d_out, d_h = data("float32", dropout=True)
-    config = np.array([0, 0, 0, 1, 1, 0], np.int32)  # tanh, a bias and a recurrent mask
-    no_mask = np.zeros((0, 0), bool)
-    fwd, bwd = gen.fastrnn_simple_rnn_forward, gen.fastrnn_simple_rnn_backward
-    error = tf.errors.InvalidArgumentError
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: h0 must be"):
-        fwd(x, h0[:2], kernel, recurrent, bias, no_mask, rmask, config)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: kernel must be"):
-        fwd(x, h0, kernel[:2], recurrent, bias, no_mask, rmask, config)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: recurrent_kernel must be"):
-        fwd(x, h0, kernel, recurrent[:3], bias, no_mask, rmask, config)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: bias must be"):
-        fwd(x, h0, kernel, recurrent, bias[:3], no_mask, rmask, config)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: bias must be"):
-        no_bias = config.copy()
-        no_bias[3] = 0
-        fwd(x, h0, kernel, recurrent, bias, no_mask, rmask, no_bias)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: mask must be"):
-        with_mask = config.copy()
-        with_mask[2] = 1
-        fwd(x, h0, kernel, recurrent, bias, no_mask, rmask, with_mask)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: recurrent_mask must be"):
-        fwd(x, h0, kernel, recurrent, bias, no_mask, rmask[:, :2], config)
-    with pytest.raises(error, match="time axis is empty"):
-        fwd(x[:, :0], h0, kernel, recurrent, bias, no_mask, rmask, config)
-    with pytest.raises(error, match="FastrnnSimpleRNNForward: x must have rank 3"):
-        fwd(x[0], h0, kernel, recurrent, bias, no_mask, rmask, config)
-    with pytest.raises(error, match="config must be"):
-        fwd(x, h0, kernel, recurrent, bias, no_mask, rmask, config[:3])
-    with pytest.raises(error, match="config must be"):
-        bad_act = config.copy()
-        bad_act[1] = 7
-        fwd(x, h0, kernel, recurrent, bias, no_mask, rmask, bad_act)
-    out, h_last, states = fwd(x, h0, kernel, recurrent, bias, no_mask, rmask, config)
-    with pytest.raises(error, match="FastrnnSimpleRNNBackward: d_out must be"):
-        bwd(x, kernel, recurrent, no_mask, rmask, config, states, d_out[:, :3], d_h)
-    with pytest.raises(error, match="FastrnnSimpleRNNBackward: the saved states"):
-        bwd(x, kernel, recurrent, no_mask, rmask, config, states[:, :2], d_out, d_h)
-    with pytest.raises(error, match="FastrnnSimpleRNNBackward: recurrent_mask must be"):
-        bwd(x, kernel, recurrent, no_mask, rmask[:2], config, states, d_out, d_h)
-    with pytest.raises(error, match="FastrnnSimpleRNNBackward: kernel must be"):
-        bwd(x, kernel[:, :2], recurrent, no_mask, rmask, config, states, d_out, d_h)
-    with pytest.raises(error, match="FastrnnSimpleRNNBackward: the time axis is empty"):
-        bwd(x[:, :0], kernel, recurrent, no_mask, rmask, config, states[:1], d_out[:, :0], d_h)
-    # Without the flag, the recurrent mask input is not read (any shape).
-    no_rmask = config.copy()
-    no_rmask[4] = 0
-    got = fwd(x, h0, kernel, recurrent, bias, no_mask, np.zeros((B, 0), np.float32), no_rmask)
-    want = kernels.simple_rnn_forward(x, h0, kernel, recurrent, bias)
-    close(got[0], want[0], "float32", "out")
-
-
 @pytest.mark.parametrize("dropout", [False, True])
 def test_empty_batch(dropout):
     x, h0, kernel, recurrent, bias, _, rmask, d_out, d_h = data("float32", dropout=dropout)

@@ -34,110 +34,115 @@ import tensorflow as tf  # noqa: E402 - loaded by _capi.calls() already
 # tf.function calls these directly.
 _plain = tf.autograph.experimental.do_not_convert
 
-_lock = threading.RLock()
-
-# ------------------------------------------------------------- registration --
-
 _T = "T: {float, double}"
-# cell -> module with FORWARD and BACKWARD (name, inputs, outputs, shape cfunc) and
-# kernels(dtype) -> (forward cfunc, backward cfunc); imported on first use.
 CELLS = ("gru", "simple_rnn", "lstm", "mingru")
-
-
-def _cell_module(cell):
-    import importlib
-
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-    return importlib.import_module(f"{__name__}._{cell}")
-
-
-_registered = {}   # (cell, dtype name) -> True
+_lock = threading.RLock()
+_registered = {}   # (cell, dtype name, cores) -> True
 _wrappers = {}     # cell -> module of generated Python functions
-# A cold compile of one cell's kernels for one dtype takes several seconds (cached
-# on disk afterwards): say so once it has run this long.
+# A cold compile of the op kernel and a cell's cores takes seconds (cached on disk
+# afterwards): say so once it has run this long.
 COMPILE_NOTICE_S = 1.0
 
 
-def _compile_notice(cell, dtype):
-    print(f"fastrnn: compiling the native {cell} {dtype} kernels for TensorFlow "
-          "(about 10-30 s, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
+def cell(name):
+    """The description of cell `name` (native/cells.py)."""
+    from .cells import CELLS
+
+    if name not in CELLS:
+        raise ValueError(f"cell must be one of {tuple(CELLS)}, got {name!r}")
+    return CELLS[name]
+
+
+def _compile_notice(name, dtype):
+    print(f"fastrnn: compiling the native {name} {dtype} kernels for TensorFlow "
+          "(several seconds, once; cached on disk afterwards)...", file=sys.stderr, flush=True)
 
 
 @_plain
-def ops(cell, dtype, **variant):
-    """The generated op functions of `cell`, its kernels for `dtype` registered
-    (compiled or loaded from cache on the first call). `variant`: the variant of the
-    cell's cores the caller runs, bound before this returns (GRU: reset_after=...,
-    True when not given; its two variants have cores of their own, compiled when
-    first asked for)."""
+def ops(name, dtype, **variant):
+    """The generated op functions of cell `name`, its ops registered for `dtype` and
+    the cores of `variant` bound (compiled or loaded from cache on first use). The
+    variant: GRU's reset_after (True when not given); the other cells have one."""
     dtype = np.dtype(dtype)
-    key = (cell, dtype.name)
-    if key not in _registered:
-        _register(cell, dtype, variant)
-    prepare = getattr(_cell_module(cell), "prepare", None)
-    if prepare is not None:
-        prepare(dtype.type, **variant)
-    return _wrappers[cell]
+    spec = cell(name)
+    key = spec.get("variant")
+    cores = spec["cores"][None if key is None else int(bool(variant.get(key, True)))]
+    if (name, dtype.name, cores) not in _registered:
+        _register(spec, dtype, cores)
+    return _wrappers[name]
 
 
-def _register(cell, dtype, variant):
-    key = (cell, dtype.name)
+def _register(spec, dtype, cores):
+    import importlib
+
+    from fastrnn.kernels import _abi
+
     with _lock:
-        if key in _registered:
+        if (spec["name"], dtype.name, cores) in _registered:
             return
-        spec = _cell_module(cell)
-        for name, inputs, outputs, shape_fn in (spec.FORWARD, spec.BACKWARD):
-            _capi.register_op(name, inputs, outputs, [_T], shape_fn)
-        if cell not in _wrappers:
-            _wrappers[cell] = _capi.python_wrappers(
-                [spec.FORWARD[0], spec.BACKWARD[0]], f"fastrnn.ops._gen_{cell}")
-        timer = threading.Timer(COMPILE_NOTICE_S, _compile_notice, (cell, dtype.name))
+        importlib.import_module(spec["module"])   # registers the cores' factories
+        timer = threading.Timer(COMPILE_NOTICE_S, _compile_notice, (spec["name"], dtype.name))
         timer.daemon = True
         timer.start()
+        # Cold, the op kernel compiles here while a helper process compiles the cores.
+        helper = _abi.aside_when_slow(cores, dtype)
         try:
-            forward, backward = spec.kernels(dtype.type, **variant)
+            from . import _shell   # compiles (or loads) the one op kernel
+            helper.cancel()
+            _abi.ensure_all(cores[::-1], dtype)
         finally:
             timer.cancel()
-        _capi.register_kernel(spec.FORWARD[0], forward, _capi.TF_DTYPE[dtype])
-        _capi.register_kernel(spec.BACKWARD[0], backward, _capi.TF_DTYPE[dtype])
-        _register_gradient(spec, _wrappers[cell])
-        _registered[key] = True
+            helper.cancel()
+        code = _capi.TF_DTYPE[dtype]
+        for op in (spec["forward"], spec["backward"]):
+            program = _shell.install(spec, op)
+            inputs = [f"{n}: {_shell.input_type(n)}" for n, _, _ in op["inputs"]]
+            outputs = [f"{n}: T" for n, _, _ in op["outputs"]]
+            _capi.register_op(op["name"], inputs, outputs,
+                              [_T, f"program: int = {program}"], _shell.unknown_shapes)
+            _capi.register_kernel(op["name"], _shell.compute, code, _shell.create)
+        if spec["name"] not in _wrappers:
+            _wrappers[spec["name"]] = _capi.python_wrappers(
+                [spec["forward"]["name"], spec["backward"]["name"]],
+                f"fastrnn.ops._gen_{spec['name']}")
+            _register_gradient(spec)
+        _registered[(spec["name"], dtype.name, cores)] = True
 
 
-def _register_gradient(spec, gen):
+def _op_function(name, op):
+    return getattr(_wrappers[name], python_name(op["name"]))
+
+
+def _register_gradient(spec):
     """The forward op's gradient in TensorFlow's registry: the backward op on the
     forward op's saved outputs. The layers differentiate through tf.custom_gradient
     (recurrence below); this serves a forward built while no tape could record (a
     tf.function traced for inference) that is differentiated after all."""
     import tensorflow as tf
 
-    name, inputs, outputs, _ = spec.FORWARD
-    names = [i.split(":")[0] for i in inputs]
-    n_states = names.index("kernel") - 1
-    n_weights = names.index("bias") - names.index("kernel")
-    n_aux = names.index("config") - names.index("mask") - 1
-    backward_op = getattr(gen, python_name(spec.BACKWARD[0]))
+    forward, backward = spec["forward"], spec["backward"]
+    names = [n for n, _, _ in forward["inputs"]]
+    outputs = [n for n, _, _ in forward["outputs"]]
 
-    def gradient(op, d_out, *d_rest):
-        x = op.inputs[0]
-        weights = list(op.inputs[1 + n_states:1 + n_states + n_weights])
-        mask_at = names.index("mask")
-        mask, aux, config = (op.inputs[mask_at], list(op.inputs[mask_at + 1:mask_at + 1 + n_aux]),
-                             op.inputs[names.index("config")])
-        results = list(op.outputs)
-        d_states = [tf.zeros_like(results[1 + i]) if d is None else d
-                    for i, d in enumerate(d_rest[:n_states])]
-        if d_out is None:
-            d_out = tf.zeros_like(results[0])
-        grads = backward_op(x, *weights, mask, *aux, config, *results[1 + n_states:], d_out,
-                            *d_states)
-        return list(grads) + [None] * (1 + n_aux + 1)
+    def gradient(op, *d_outputs):
+        values = dict(zip(names, op.inputs))
+        values.update(zip(outputs, op.outputs))
+        for out, d in zip(spec["returns"], d_outputs):
+            values["d_" + out] = tf.zeros_like(values[out]) if d is None else d
+        grads = dict(zip((n for n, _, _ in backward["outputs"]),
+                         _op_function(spec["name"], backward)(
+                             *[values[n] for n, _, _ in backward["inputs"]])))
+        return [grads.get(_gradient_name(n)) for n in names]
 
     try:
-        tf.RegisterGradient(name)(gradient)
+        tf.RegisterGradient(forward["name"])(gradient)
     except KeyError:  # registered by an earlier import of this module
         pass
+
+
+def _gradient_name(name):
+    """The backward output holding the gradient of forward input `name`."""
+    return {"x": "dx", "h0": "dh0", "c0": "dc0"}.get(name, "d_" + name)
 
 
 def python_name(op):
@@ -154,21 +159,6 @@ def packed():
 
 
 # ------------------------------------------------------------- the TF side --
-
-
-def row_placeholder(x):
-    """A [B, 0] tensor standing for an absent per-row input (a recurrent dropout mask):
-    it splits with the batch like a real one (B from the run time where it is not known
-    statically: the split is then planned there)."""
-    import tensorflow as tf
-
-    batch = x.shape[0] if x.shape.rank is not None else None
-    return tf.zeros((batch, 0) if batch is not None else tf.stack([tf.shape(x)[0], 0]), x.dtype)
-
-
-def _static_batch(x):
-    return x.shape[0] if x.shape.rank is not None else None
-
 
 # A call splits into one op per core from a quarter of the direct kernels' SMALL_WORK
 # (kernels._parts.work): where they stop holding OpenBLAS at one thread
@@ -226,122 +216,162 @@ def plan_sizes(x, features, width, max_parts):
 
 
 @_plain
-def recurrence(cell, x, states0, weights, bias, mask, aux, config, units, width, max_parts,
-               n_saved, variant=None):
-    """Differentiable (out [B, T, H], [final states]) through the cell's native ops.
+def call(name, tensors, config, max_parts):
+    """Differentiable (out [B, T, H], *final states) of cell `name` through its ops.
 
-    x, states0, weights (kernel[, recurrent_kernel]) and bias (or None) are tensors
-    of one float dtype (float32 or float64); mask bool [B, T] or None; aux per-row
-    tensors the ops take after the mask (SimpleRNN's recurrent dropout mask);
-    config the int32 settings. Forward op: (x, *states0, *weights, bias, mask,
-    *aux, config) -> (out, *states, *saved). Backward op: (x, *weights, mask, *aux,
-    config, *saved, d_out, *d_states) -> (dx, *d_states0, *d_weights, d_bias).
+    tensors: the forward op's inputs by name (native/cells.py), of one float dtype
+    (float32 or float64): x, the states (None: zeros), the weights, bias (None: no
+    bias), mask (bool [B, T] or None), recurrent_mask (or None). config: the cell's
+    settings by name; has_mask, has_recurrent_mask and packed are filled in here.
     Large calls run as one op per batch part (TensorFlow's threads run them in
     parallel); their weight gradients are added in the graph.
     """
     import tensorflow as tf
     from tensorflow.python.eager import record
 
-    from fastrnn.kernels import _parts
+    spec = cell(name)
+    forward, backward = spec["forward"], spec["backward"]
+    tensors = {n: None if t is None else tf.convert_to_tensor(t) for n, t in tensors.items()}
+    x = tensors["x"]
+    key = spec.get("variant")
+    ops(name, x.dtype.as_numpy_dtype, **({key: config[key]} if key else {}))
+    config = dict(config, has_mask=tensors.get("mask") is not None, packed=packed(),
+                  has_recurrent_mask=tensors.get("recurrent_mask") is not None)
+    known = _known(spec, tensors, config)
+    inputs = _inputs(spec, tensors, config, known)
+    has_bias = tensors.get("bias") is not None
+    diff = ["x", *spec["states"], *spec["weights"]] + (["bias"] if has_bias else [])
+    width = int(tensors[spec["weights"][-1]].shape[-1])
+    split, parts = _splitter(x, int(tensors[spec["weights"][0]].shape[0]), width, max_parts)
+    rows = {n for n, shape, when in forward["inputs"]
+            if shape.startswith("B,") and (not when or config[when])}
 
-    gen = ops(cell, x.dtype.as_numpy_dtype, **(variant or {}))
-    spec = _cell_module(cell)
-    forward_op = getattr(gen, python_name(spec.FORWARD[0]))
-    backward_op = getattr(gen, python_name(spec.BACKWARD[0]))
-    dtype = x.dtype
-    n_states = len(states0)
-    has_bias = bias is not None
-    bias_t = bias if has_bias else tf.zeros((0,), dtype)
-    mask_t = tf.cast(mask, tf.bool) if mask is not None else tf.zeros((0, 0), tf.bool)
-    config_t = tf.constant(np.asarray(config, np.int32))
-    parts = plan_parts(x, width, max_parts)
-    if parts is None:   # batch or time known only at run time: plan in the graph
-        parts = max_parts
-        sizes = plan_sizes(x, int(weights[0].shape[0]), width, max_parts)
-    elif parts > 1:
-        sizes = [s.stop - s.start for s in _parts.slices(int(x.shape[0]), parts)]
-    if parts > 1:
-        def split(t, always=True):
-            if t is None or (not always and mask is None):
-                return [t] * parts
-            return tf.split(t, sizes, num=parts, axis=0)
-    else:
-        def split(t, always=True):
-            return [t]
-
-    def forward(x_, states_, weights_, bias_):
-        xs, masks = split(x_), split(mask_t, always=False)
-        states_p = [split(s) for s in states_]
-        aux_p = [split(a) for a in aux]
-        results = []
-        for i in range(parts):
-            results.append(forward_op(xs[i], *[s[i] for s in states_p], *weights_, bias_,
-                                      masks[i], *[a[i] for a in aux_p], config_t))
-        if parts == 1:
-            joined = list(results[0][:1 + n_states])
-        else:
-            joined = [tf.concat([r[k] for r in results], 0) for k in range(1 + n_states)]
-        saved = [list(r[1 + n_states:]) for r in results]
-        joined[0].set_shape(x_.shape[:2].concatenate([units]))
-        for s in joined[1:]:
-            s.set_shape(x_.shape[:1].concatenate([units]))
-        return joined, saved, xs, masks, aux_p
+    def run(values):
+        pieces = {n: split(t) if n in rows else [t] * parts for n, t in dict(inputs, **values).items()}
+        results = [dict(zip([n for n, _, _ in forward["outputs"]], _op_function(name, forward)(
+            *[pieces[n][i] for n, _, _ in forward["inputs"]]))) for i in range(parts)]
+        joined = [_join([r[n] for r in results]) for n in spec["returns"]]
+        for t, (n, shape, _) in zip(joined, forward["outputs"]):
+            t.set_shape(_shell_shape(shape, known))
+        return joined, pieces, results
 
     if not record.could_possibly_record():
-        joined, _, _, _, _ = forward(x, states0, weights, bias_t)
-        return joined[0], joined[1:]
+        return tuple(run({})[0])
 
     @tf.custom_gradient
-    def op(x_, *rest):
-        states_, rest = list(rest[:n_states]), rest[n_states:]
-        weights_ = list(rest[:len(weights)])
-        bias_ = rest[len(weights)] if has_bias else bias_t
-        joined, saved, xs, masks, aux_p = forward(x_, states_, weights_, bias_)
+    def op(*values):
+        values = dict(zip(diff, values))
+        if has_bias:
+            values["bias"] = tf.reshape(values["bias"], _shell_shape(_shape(forward, "bias"), known))
+        joined, pieces, results = run(values)
 
-        def grad(d_out, *d_states):
-            d_states = [tf.zeros_like(s) if d is None else d for d, s in zip(d_states, joined[1:])]
-            if d_out is None:
-                d_out = tf.zeros_like(joined[0])
-            d_outs = split(d_out)
-            d_states_p = [split(d) for d in d_states]
+        def grad(*d_returns):
+            d = {"d_" + n: split(tf.zeros_like(j) if g is None else g)
+                 for n, j, g in zip(spec["returns"], joined, d_returns)}
+            names = [n for n, _, _ in backward["outputs"]]
+            per_part = [dict(zip(names, _op_function(name, backward)(*[
+                d[n][i] if n in d else results[i][n] if n in results[i] else pieces[n][i]
+                for n, _, _ in backward["inputs"]]))) for i in range(parts)]
             grads = []
-            for i in range(parts):
-                grads.append(backward_op(xs[i], *weights_, masks[i], *[a[i] for a in aux_p],
-                                         config_t, *saved[i], d_outs[i],
-                                         *[d[i] for d in d_states_p]))
-            if parts == 1:
-                g = list(grads[0])
-            else:
-                g = ([tf.concat([r[k] for r in grads], 0) for k in range(1 + n_states)]
-                     + [tf.add_n([r[k] for r in grads]) for k in range(1 + n_states, len(grads[0]))])
-            g[0].set_shape(x_.shape)
-            for d, s in zip(g[1:1 + n_states], states_):
-                d.set_shape(s.shape)
-            for d, w in zip(g[1 + n_states:], weights_ + ([bias_] if has_bias else [])):
-                d.set_shape(w.shape)
-            return g[:1 + n_states + len(weights)] + ([g[-1]] if has_bias else [])
+            for n in diff:
+                g = _gradient_name(n)
+                batch_dim = _shape(backward, g, "outputs").startswith("B,")
+                total = _join([r[g] for r in per_part]) if batch_dim else tf.add_n(
+                    [r[g] for r in per_part])
+                grads.append(tf.reshape(total, tf.shape(inputs[n])) if n == "bias" else total)
+                grads[-1].set_shape(inputs[n].shape)
+            return grads
 
-        return (joined[0], *joined[1:]), grad
+        return tuple(joined), grad
 
-    out, *states = op(x, *states0, *weights, *([bias] if has_bias else []))
-    return out, states
+    return tuple(op(*[inputs[n] for n in diff]))
 
 
-@_plain
-def gru(*args, **kwargs):
-    return _cell_module("gru").call(*args, **kwargs)
+def _shape(op, name, key="inputs"):
+    return next(shape for n, shape, _ in op[key] if n == name)
 
 
-@_plain
-def simple_rnn(*args, **kwargs):
-    return _cell_module("simple_rnn").call(*args, **kwargs)
+def _shell_shape(shape, known):
+    from ._shell import static_shape
+
+    return static_shape(shape, known)
 
 
-@_plain
-def lstm(*args, **kwargs):
-    return _cell_module("lstm").call(*args, **kwargs)
+def _known(spec, tensors, config):
+    """The cell's sizes known statically (name -> int or None)."""
+    known = {k: int(v) for k, v in config.items()}
+    for n, shape, _ in spec["forward"]["inputs"]:
+        t = tensors.get(n)
+        if t is not None and t.shape.rank == len(shape.split(",")):
+            for term, dim in zip(shape.split(","), t.shape.as_list()):
+                if term.isidentifier() and dim is not None and known.get(term) is None:
+                    known[term] = dim
+    from ._shell import _TERM, _evaluate
+
+    for name, spec_ in {**spec["forward"].get("sizes", {}), **spec["sizes"]}.items():
+        if known.get(name) is None and _TERM.match(spec_.replace(" ", "")):
+            known[name] = _evaluate(spec_, known)
+    return known
 
 
-@_plain
-def mingru(*args, **kwargs):
-    return _cell_module("mingru").call(*args, **kwargs)
+def _inputs(spec, tensors, config, known):
+    """Every forward input as the op takes it: placeholders for absent ones (their
+    configs say so), zeros for absent states and bias, the bias in the op's shape."""
+    import tensorflow as tf
+
+    x = tensors["x"]
+    inputs = {}
+    for n, shape, _ in spec["forward"]["inputs"]:
+        t = tensors.get(n)
+        if n == "config":
+            t = tf.constant(np.array([int(config[c]) for c in spec["config"]], np.int32))
+        elif n == "mask":
+            t = tf.zeros((0, 0), tf.bool) if t is None else tf.cast(t, tf.bool)
+        elif n == "recurrent_mask" and t is None:
+            t = tf.zeros((0, 0), x.dtype)
+        elif n == "bias":
+            t = tf.zeros(_shell_shape(shape, known), x.dtype) if t is None else t
+        elif t is None:   # an initial state: zeros
+            t = tf.zeros(tf.stack([tf.shape(x)[0], known["H"]]), x.dtype)
+        inputs[n] = t
+    return inputs
+
+
+def _splitter(x, features, width, max_parts):
+    """(split(t) -> [parts of t along the batch], parts) for a call on x."""
+    import tensorflow as tf
+
+    from fastrnn.kernels import _parts
+
+    parts = plan_parts(x, width, max_parts)
+    if parts is None:   # batch or time known only at run time: plan in the graph
+        parts, sizes = max_parts, plan_sizes(x, features, width, max_parts)
+    elif parts > 1:
+        sizes = [s.stop - s.start for s in _parts.slices(int(x.shape[0]), parts)]
+    if parts == 1:
+        return (lambda t: [t]), 1
+    return (lambda t: tf.split(t, sizes, num=parts, axis=0)), parts
+
+
+def _join(pieces):
+    import tensorflow as tf
+
+    return pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
+
+
+def _cell_function(name):
+    """native.<cell>(x, *states, *weights, bias, mask, *, max_parts, recurrent_mask=None,
+    **config) -> (out, *final states): `call` with the forward's inputs in order."""
+    spec = cell(name)
+    order = ["x", *spec["states"], *spec["weights"], "bias", "mask"]
+
+    @_plain
+    def function(*args, max_parts, recurrent_mask=None, **config):
+        tensors = dict(zip(order, args), recurrent_mask=recurrent_mask)
+        return call(name, tensors, config, max_parts)
+
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
+gru, simple_rnn, lstm, mingru = (_cell_function(n) for n in ("gru", "simple_rnn", "lstm", "mingru"))
