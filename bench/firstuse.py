@@ -15,6 +15,12 @@ one again). Prints one JSON line: seconds for
 - "second step": the next train_on_batch,
 
 and "routes", the routes fastrnn's layers took.
+
+`python -m bench.firstuse --split` instead compiles the native route piece by piece
+in this process (FASTRNN_COMPILE_ASIDE=0: no helper process) and prints, per piece,
+its seconds and how they split between Numba's type inference, LLVM (code
+generation and optimization) and the rest (lowering, cache I/O, Python), as
+Numba's event recorders measure them: run it with an empty NUMBA_CACHE_DIR.
 """
 
 import json
@@ -24,8 +30,71 @@ import time
 CELLS = ("GRU", "LSTM", "SimpleRNN", "MinGRU")
 
 
+def _union(intervals):
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def _spans(buffer, kind, name=None):
+    """[(start, end)] of the events of `kind` (run_pass events of pass `name`)."""
+    starts, spans = {}, []
+    for timestamp, event in buffer:
+        if name is not None and not str((event.data or {}).get("name", "")).startswith(name):
+            continue
+        key = id(event.data) if event.data is not None else kind
+        if event.is_start:
+            starts.setdefault(key, []).append(timestamp)
+        elif starts.get(key):
+            spans.append((starts[key].pop(), timestamp))
+    return spans
+
+
+def compile_split():
+    """{piece: {"seconds", "typing", "llvm", "other"}} of the native route compiled
+    piece by piece here: the op shell, then each cell's cores (float32)."""
+    import os
+
+    os.environ["FASTRNN_COMPILE_ASIDE"] = "0"
+    from numba.core import event
+
+    import fastrnn  # noqa: F401
+
+    pieces = [("op shell", lambda: __import__("fastrnn.ops.native._shell"))]
+    for name in ("gru", "lstm", "simple_rnn", "mingru"):
+        pieces.append((f"{name} cores", lambda name=name: _native_ops(name)))
+    split = {}
+    for piece, run in pieces:
+        with event.install_recorder("numba:llvm_lock") as llvm, \
+                event.install_recorder("numba:run_pass") as passes:
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+        llvm_spans = _spans(llvm.buffer, "llvm")
+        typing_spans = _spans(passes.buffer, "pass", "nopython_type_inference")
+        llvm_s, both = _union(llvm_spans), _union(llvm_spans + typing_spans)
+        # typing that is not LLVM (a callee compiled during its caller's typing)
+        split[piece] = dict(seconds=seconds, typing=both - llvm_s, llvm=llvm_s,
+                            other=max(0.0, seconds - both))
+    return split
+
+
+def _native_ops(name):
+    import numpy as np
+
+    from fastrnn.ops import native
+
+    native.ops(name, np.float32)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--split" in argv:
+        print(json.dumps(compile_split()), flush=True)
+        return 0
     use_keras = "--keras" in argv
     cell = argv[argv.index("--cell") + 1] if "--cell" in argv else None
     if cell is not None and cell not in CELLS:

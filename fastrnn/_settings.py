@@ -10,7 +10,6 @@ variable FASTRNN_ROUTE sets it for a process; `set_route` for the rest of a sess
 import sys
 import time
 
-CELLS = ("gru", "lstm", "simple_rnn", "mingru")
 DTYPES = ("float32", "float64")
 
 
@@ -41,14 +40,15 @@ def _names(value, allowed, argname):
     return value
 
 
-def warmup(cells=CELLS, dtypes=("float32",), kernels=False, verbose=True):
+def warmup(cells=None, dtypes=("float32",), kernels=False, verbose=True):
     """Compile (or load from Numba's disk cache) what the layers will run, ahead of
     time: for a Docker image or a CI job, so that the first training step does not
     wait. A machine's first warm-up compiles (tens of seconds a cell and dtype);
     later ones, in any process, load the cache in about a second.
 
     Args:
-        cells: some of "gru", "lstm", "simple_rnn", "mingru" (default: all).
+        cells: some of "gru", "lstm", "simple_rnn", "mingru" (default, None: every
+            cell described in fastrnn/ops/native/cells.py).
         dtypes: some of "float32", "float64".
         kernels: also the direct-call launchers (`fastrnn.kernels.*`) and the
             numpy_function route, besides the native TensorFlow ops.
@@ -59,11 +59,13 @@ def warmup(cells=CELLS, dtypes=("float32",), kernels=False, verbose=True):
     """
     import numpy as np
 
-    cells = _names(cells, CELLS, "cells")
-    dtypes = _names(dtypes, DTYPES, "dtypes")
-    from fastrnn.ops import recurrence
+    from fastrnn.ops.native.cells import CELLS
 
-    native = recurrence._native_module() if recurrence.get_route() != "numpy_function" else None
+    cells = _names(list(CELLS) if cells is None else cells, tuple(CELLS), "cells")
+    dtypes = _names(dtypes, DTYPES, "dtypes")
+    from fastrnn.ops import route
+
+    native = route._native_module() if route.get_route() != "numpy_function" else None
     timings = {}
     for cell in cells:
         for dtype in dtypes:

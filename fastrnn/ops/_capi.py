@@ -15,13 +15,13 @@ registration of an op aborts the process, of a kernel makes every call fail),
 and `_pywrap_python_op_gen` (the Python wrappers, as `tf.load_op_library` makes
 them). Tested on TensorFlow 2.21 (Keras 3.15, Numba 0.68) on Linux x86-64.
 
-Kernel-side rules (see also ops/native.py):
+Kernel-side rules (see also ops/native/_shell.py):
 - a cfunc never lets a Numba exception escape (it would be printed and the op
   would return with its outputs unset): every failure is `fail(...)`, a TF
   InvalidArgumentError (or Internal) that names the op and what was wrong. The
-  kernels take their scratch from TensorFlow (`scratch`, `layout_scratch`:
-  TF_AllocateTemp) rather than NumPy, so nothing in them raises; the cores they
-  call by name report a failure through their done flag (kernels._abi);
+  kernels take their scratch from TensorFlow (`scratch`: TF_AllocateTemp) rather
+  than NumPy, so nothing in them raises; the cores they call through their table
+  slots report a failure through their done flag (kernels._abi);
 - messages are small global byte arrays, embedded in the compiled code as
   constants (a Python int holding an address would be frozen stale in the cache).
 """
@@ -96,10 +96,7 @@ _KERNEL_SYMBOLS = {
     "TF_DeleteShapeHandle": (types.void, _ip),
     "TF_ShapeInferenceContextGetInput": (types.void, _ip, _i32, _ip, _ip),
     "TF_ShapeInferenceContextSetOutput": (types.void, _ip, _i32, _ip, _ip),
-    "TF_ShapeInferenceContextSubshape": (types.void, _ip, _ip, _i64, _i64, _ip, _ip),
-    "TF_ShapeInferenceContextConcatenateShapes": (types.void, _ip, _ip, _ip, _ip, _ip),
     "TF_ShapeInferenceContextSetUnknownShape": (types.void, _ip, _ip),
-    "TF_ShapeInferenceContextRankKnown": (_i32, _ip, _ip),
 }
 # Our own names for the symbols: the cached code links against these.
 _ALIAS = "fastrnn_capi_"
@@ -129,10 +126,7 @@ TF_NewShapeHandle = _extern("TF_NewShapeHandle")
 TF_DeleteShapeHandle = _extern("TF_DeleteShapeHandle")
 TF_ShapeInferenceContextGetInput = _extern("TF_ShapeInferenceContextGetInput")
 TF_ShapeInferenceContextSetOutput = _extern("TF_ShapeInferenceContextSetOutput")
-TF_ShapeInferenceContextSubshape = _extern("TF_ShapeInferenceContextSubshape")
-TF_ShapeInferenceContextConcatenateShapes = _extern("TF_ShapeInferenceContextConcatenateShapes")
 TF_ShapeInferenceContextSetUnknownShape = _extern("TF_ShapeInferenceContextSetUnknownShape")
-TF_ShapeInferenceContextRankKnown = _extern("TF_ShapeInferenceContextRankKnown")
 
 KERNEL_SIGNATURE = types.void(types.intp, types.intp)  # compute(state, ctx) and shape fns
 
@@ -248,30 +242,6 @@ def delete_tensors(tensors):
 
 
 @njit(cache=True, nogil=True)
-def finish(ctx, status, error, first_internal, table, tensors, outputs, temps):
-    """The end of every op kernel: report failure `error` of `table` (none when it is
-    negative; INTERNAL from first_internal on, else INVALID_ARGUMENT), release the
-    input, output and scratch tensors and the status, and leave the BLAS hold."""
-    if error >= 0:
-        fail(ctx, status, INTERNAL if error >= first_internal else INVALID_ARGUMENT, table, error)
-    delete_tensors(temps)
-    delete_tensors(outputs)
-    delete_tensors(tensors)
-    TF_DeleteStatus(status)
-    blas_leave()
-
-
-@njit(cache=True, nogil=True)
-def shape_is(dims, ranks, i, a, b, c):
-    """Input i has shape [a, b, c][:rank] (-1: any size)."""
-    expect = (a, b, c)
-    for d in range(ranks[i]):
-        if expect[d] >= 0 and dims[i, d] != expect[d]:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True)
 def allocate(ctx, i, dtype_code, itemsize, dims, rank, status):
     """TF_AllocateOutput for output i of shape dims[:rank]; 0 on failure (status set)."""
     size = itemsize
@@ -295,98 +265,12 @@ def scratch(ctx, dtype_code, dims, rank, status):
 
 
 @njit(cache=True, nogil=True)
-def allocate_outputs(ctx, status, dtype_code, itemsize, shapes, ranks, outputs):
-    """outputs[i] = output i of shape shapes[i, :ranks[i]] (TF_AllocateOutput), every
-    output of dtype dtype_code (itemsize bytes). False when one failed (status set)."""
-    for i in range(outputs.shape[0]):
-        outputs[i] = allocate(ctx, i, dtype_code, itemsize, shapes[i], ranks[i], status)
-        if outputs[i] == 0:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True)
-def allocate_scratch(ctx, status, codes, shapes, ranks, temps):
-    """temps[i] = a scratch tensor of dtype codes[i] and shape shapes[i, :ranks[i]].
-    False when one failed (status set)."""
-    for i in range(temps.shape[0]):
-        temps[i] = scratch(ctx, codes[i], shapes[i], ranks[i], status)
-        if temps[i] == 0:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True)
-def layout_scratch(ctx, status, dtype_code, itemsize, batch, time, inputs, extra, temps):
-    """The scratch every cell's op needs, from TensorFlow's allocator: temps[0] x_tm
-    [T, B, I], temps[1] mask_tm [T, B] bool, temps[2] first [B] int64 (the layout
-    kernels._cpu_common.prepare writes), temps[3] `extra` zeros of the op's dtype (a
-    stand-in bias or bias gradient when there is none). False when one failed."""
-    shapes = np.zeros((4, 3), np.int64)
-    shapes[0, 0], shapes[0, 1], shapes[0, 2] = time, batch, inputs
-    shapes[1, 0], shapes[1, 1] = time, batch
-    shapes[2, 0] = batch
-    shapes[3, 0] = extra
-    codes = np.zeros(4, np.int32)
-    codes[0], codes[1], codes[2], codes[3] = dtype_code, TF_BOOL, TF_INT64, dtype_code
-    ranks = np.zeros(4, np.int64)
-    ranks[0], ranks[1], ranks[2], ranks[3] = 3, 2, 1, 1
-    if not allocate_scratch(ctx, status, codes, shapes, ranks, temps):
-        return False
-    zero_tensor(temps[3], extra * itemsize)
-    return True
-
-
-@njit(cache=True, nogil=True)
 def zero_tensor(tensor, nbytes):
     """Every byte of an allocated tensor's nbytes set to 0 (element loops: see
     kernels._cpu_common.copy_1d)."""
     data = carray(TF_TensorData(tensor), nbytes, np.uint8)
     for i in range(nbytes):
         data[i] = 0
-
-
-@njit(cache=True, nogil=True)
-def set_output_shapes(ictx, status, program):
-    """Shape inference from a program: for each output, a row of up to 4 pieces
-    (input, start, end), each the subshape input[start:end], concatenated; a row
-    whose first input is -1 leaves that output's shape unknown."""
-    TF_ShapeInferenceContextSetUnknownShape(ictx, status)
-    whole = TF_NewShapeHandle()
-    piece = TF_NewShapeHandle()
-    joined = TF_NewShapeHandle()
-    for out in range(program.shape[0]):
-        if program[out, 0, 0] < 0:
-            continue
-        known = True
-        first = True
-        for p in range(program.shape[1]):
-            src = program[out, p, 0]
-            if src < 0:
-                break
-            TF_ShapeInferenceContextGetInput(ictx, src, whole, status)
-            if TF_GetCode(status) != 0 or TF_ShapeInferenceContextRankKnown(ictx, whole) == 0:
-                known = False
-                break
-            target = joined if first else piece
-            TF_ShapeInferenceContextSubshape(ictx, whole, program[out, p, 1], program[out, p, 2],
-                                             target, status)
-            if TF_GetCode(status) != 0:
-                known = False
-                break
-            if not first:
-                TF_ShapeInferenceContextConcatenateShapes(ictx, joined, piece, joined, status)
-                if TF_GetCode(status) != 0:
-                    known = False
-                    break
-            first = False
-        if TF_GetCode(status) != 0:
-            break  # an inconsistent input: TensorFlow reports the status
-        if known and not first:
-            TF_ShapeInferenceContextSetOutput(ictx, out, joined, status)
-    TF_DeleteShapeHandle(whole)
-    TF_DeleteShapeHandle(piece)
-    TF_DeleteShapeHandle(joined)
 
 
 # ---------------------------------------------------------------- Python side --

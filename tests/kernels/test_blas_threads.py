@@ -86,7 +86,7 @@ def test_hold_and_release_threads_pair_like_the_context_manager():
 @pytest.mark.skipif(_blas._set_threads is None, reason="NumPy's BLAS is not OpenBLAS")
 def test_layer_wrapper_restores_the_count_when_the_kernel_raises():
     pytest.importorskip("tensorflow")
-    from fastrnn.ops import recurrence
+    from fastrnn.ops import _threads
 
     def fails():
         assert _blas._set_threads(1) == 1  # small call: one thread while inside
@@ -95,7 +95,7 @@ def test_layer_wrapper_restores_the_count_when_the_kernel_raises():
     before = _blas._set_threads(3)
     try:
         with pytest.raises(ValueError, match="bad"):
-            recurrence._with_threads(1, fails)
+            _threads.with_threads(1, fails)
         assert _blas._set_threads(3) == 3
         assert _blas._limit_holders == 0
     finally:

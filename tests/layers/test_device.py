@@ -13,7 +13,7 @@ import tensorflow as tf
 from test_parity import B, I, PAIRS, T, assert_same, make_pair, run
 
 import fastrnn
-from fastrnn.ops import recurrence
+from fastrnn.ops import _bridge, recurrence, route
 
 ALL = {**{k: v[1] for k, v in PAIRS.items()}, "mingru": fastrnn.MinGRU}
 
@@ -48,10 +48,10 @@ def test_auto_takes_the_cpu_kernels_without_a_gpu():
 def test_py_function_route_matches_keras(cell, graph, monkeypatch):
     # Force the GPU route's plumbing (tf.py_function, the backward re-running the
     # forward); with CPU tensors it runs the NumPy kernels.
-    monkeypatch.setattr(recurrence, "use_gpu_route", lambda device: True)
+    monkeypatch.setattr(route, "use_gpu_route", lambda device: True)
     calls = []
-    real = recurrence._eager
-    monkeypatch.setattr(recurrence, "_eager", lambda fn: calls.append(fn) or real(fn))
+    real = _bridge._eager
+    monkeypatch.setattr(_bridge, "_eager", lambda fn: calls.append(fn) or real(fn))
     ref, fast = make_pair(cell)
     rng = np.random.default_rng(3)
     x = tf.constant(rng.standard_normal((B, T, I)).astype(np.float32))

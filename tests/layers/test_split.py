@@ -8,11 +8,12 @@ gradients up to the order in which the parts' weight gradients are added.
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.eager import record as tf_record
 
 import fastrnn
 from fastrnn import ops
 from fastrnn.kernels import _microgemm, _parts
-from fastrnn.ops import recurrence
+from fastrnn.ops import _threads, recurrence
 
 from test_parity import compare, random_mask
 
@@ -20,7 +21,7 @@ B, T, I, H = 5, 7, 3, 4
 
 
 # Both CPU routes split: the numpy_function route on threads of its own
-# (recurrence._run_parts, forward and backward), the native route in the graph
+# (ops/_threads.run_parts, forward and backward), the native route in the graph
 # (one op per part, planned once per call by native.plan_parts).
 pytestmark = pytest.mark.usefixtures("cpu_route")
 
@@ -31,7 +32,7 @@ def split_into(monkeypatch):
     from fastrnn.ops import native
 
     used = []
-    run_parts = recurrence._run_parts
+    run_parts = _threads.run_parts
     plan_parts = native.plan_parts
 
     def spy(fn, n):
@@ -47,9 +48,9 @@ def split_into(monkeypatch):
     def force(parts):
         monkeypatch.setattr(_parts, "SMALL_WORK", 0)
         monkeypatch.setattr(_parts, "MIN_ROWS", 1)
-        monkeypatch.setattr(recurrence, "MAX_PARTS", parts)
-        monkeypatch.setattr(recurrence, "_FORCED_THREADS", None)
-        monkeypatch.setattr(recurrence, "_run_parts", spy)
+        monkeypatch.setattr(_threads, "MAX_PARTS", parts)
+        monkeypatch.setattr(_threads, "_FORCED_THREADS", None)
+        monkeypatch.setattr(_threads, "run_parts", spy)
         monkeypatch.setattr(native, "plan_parts", plan_spy)
         return used
     return force
@@ -61,17 +62,17 @@ def test_plan(monkeypatch):
     # recurrent cells where the packed per-step product runs (kernels._microgemm),
     # else (minGRU, or without it) the library's threads.
     small = np.empty((4, 3, 2), np.float32)
-    assert recurrence._plan(small, 12, 2) == (1, 1)
+    assert _threads.plan(small, 12, 2) == (1, 1)
     large = np.empty((64, 100, 128), np.float32)
-    assert recurrence._plan(large, 768, 2) == (2, 1)
-    assert recurrence._plan(large, 768, 16) == (64 // _parts.MIN_ROWS, 1)
+    assert _threads.plan(large, 768, 2) == (2, 1)
+    assert _threads.plan(large, 768, 16) == (64 // _parts.MIN_ROWS, 1)
     few = large[:_parts.MIN_ROWS + 1]
-    assert recurrence._plan(few, 768, 2, recurrent=False) == (1, None)
+    assert _threads.plan(few, 768, 2, recurrent=False) == (1, None)
     monkeypatch.setattr(_microgemm, "ENABLED", True)
-    assert recurrence._plan(few, 768, 2) == (1, 1)
+    assert _threads.plan(few, 768, 2) == (1, 1)
     monkeypatch.setattr(_microgemm, "ENABLED", False)
-    assert recurrence._plan(few, 768, 2) == (1, None)
-    assert recurrence._plan(large, 768, 1) == (1, None)
+    assert _threads.plan(few, 768, 2) == (1, None)
+    assert _threads.plan(large, 768, 1) == (1, None)
     assert [(s.start, s.stop) for s in _parts.slices(5, 3)] == [(0, 1), (1, 3), (3, 5)]
 
 
@@ -157,7 +158,7 @@ def test_split_backward_when_the_forward_carried_nothing(split_into, monkeypatch
 
     want = grads()
     used = split_into(2)
-    monkeypatch.setattr(recurrence.record, "could_possibly_record", lambda: False)
+    monkeypatch.setattr(tf_record, "could_possibly_record", lambda: False)
     got = grads()
     # numpy_function: the forward, then the backward (each part re-runs its forward);
     # native: the forward ops, differentiated through their registered gradient.
@@ -196,11 +197,11 @@ def test_a_forked_child_gets_its_own_part_threads(split_into):
     # makes a new one (checked in-process: forking a process that runs TensorFlow is
     # not safe in itself).
     split_into(2)
-    assert recurrence._run_parts(lambda i: i * 10, 2) == [0, 10]
-    before = recurrence._executor
+    assert _threads.run_parts(lambda i: i * 10, 2) == [0, 10]
+    before = _threads._executor
     assert before is not None
-    recurrence._forget_executor()
-    assert recurrence._executor is None
-    assert recurrence._run_parts(lambda i: i + 1, 2) == [1, 2]
-    assert recurrence._executor is not None and recurrence._executor is not before
+    _threads.forget_executor()
+    assert _threads._executor is None
+    assert _threads.run_parts(lambda i: i + 1, 2) == [1, 2]
+    assert _threads._executor is not None and _threads._executor is not before
 

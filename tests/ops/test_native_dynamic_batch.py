@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import fastrnn
 from fastrnn.kernels import _parts
-from fastrnn.ops import recurrence
+from fastrnn.ops import _threads, recurrence
 
 B, T, I, H = 5, 7, 3, 4
 
@@ -49,7 +49,7 @@ def _op_count(concrete, op_type):
 def test_unknown_batch_splits_at_run_time_and_equals_one_part(monkeypatch, cell):
     from fastrnn.ops import native
 
-    monkeypatch.setattr(recurrence, "MAX_PARTS", 2)
+    monkeypatch.setattr(_threads, "MAX_PARTS", 2)
     monkeypatch.setattr(_parts, "MIN_ROWS", 2)
     layer = {"gru": fastrnn.GRU, "lstm": fastrnn.LSTM, "simple_rnn": fastrnn.SimpleRNN,
              "mingru": fastrnn.MinGRU}[cell](H, return_sequences=True)

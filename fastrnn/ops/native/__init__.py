@@ -278,13 +278,14 @@ def call(name, tensors, config, max_parts):
                 batch_dim = _shape(backward, g, "outputs").startswith("B,")
                 total = _join([r[g] for r in per_part]) if batch_dim else tf.add_n(
                     [r[g] for r in per_part])
-                grads.append(tf.reshape(total, tf.shape(inputs[n])) if n == "bias" else total)
-                grads[-1].set_shape(inputs[n].shape)
+                original = tensors[n] if n == "bias" else inputs[n]
+                grads.append(tf.reshape(total, tf.shape(original)) if n == "bias" else total)
+                grads[-1].set_shape(original.shape)
             return grads
 
         return tuple(joined), grad
 
-    return tuple(op(*[inputs[n] for n in diff]))
+    return tuple(op(*[tensors[n] if n == "bias" else inputs[n] for n in diff]))
 
 
 def _shape(op, name, key="inputs"):
@@ -329,8 +330,9 @@ def _inputs(spec, tensors, config, known):
             t = tf.zeros((0, 0), tf.bool) if t is None else tf.cast(t, tf.bool)
         elif n == "recurrent_mask" and t is None:
             t = tf.zeros((0, 0), x.dtype)
-        elif n == "bias":
-            t = tf.zeros(_shell_shape(shape, known), x.dtype) if t is None else t
+        elif n == "bias":   # in the op's shape (GRU reset_after=False: [3H] -> [1, 3H])
+            t = (tf.zeros(_shell_shape(shape, known), x.dtype) if t is None
+                 else tf.reshape(t, _shell_shape(shape, known)))
         elif t is None:   # an initial state: zeros
             t = tf.zeros(tf.stack([tf.shape(x)[0], known["H"]]), x.dtype)
         inputs[n] = t
