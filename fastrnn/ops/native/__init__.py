@@ -230,7 +230,7 @@ def call(name, tensors, config, max_parts):
     from tensorflow.python.eager import record
 
     spec = cell(name)
-    forward, backward = spec["forward"], spec["backward"]
+    forward = spec["forward"]
     tensors = {n: None if t is None else tf.convert_to_tensor(t) for n, t in tensors.items()}
     x = tensors["x"]
     key = spec.get("variant")
@@ -266,26 +266,36 @@ def call(name, tensors, config, max_parts):
         joined, pieces, results = run(values)
 
         def grad(*d_returns):
-            d = {"d_" + n: split(tf.zeros_like(j) if g is None else g)
-                 for n, j, g in zip(spec["returns"], joined, d_returns)}
-            names = [n for n, _, _ in backward["outputs"]]
-            per_part = [dict(zip(names, _op_function(name, backward)(*[
-                d[n][i] if n in d else results[i][n] if n in results[i] else pieces[n][i]
-                for n, _, _ in backward["inputs"]]))) for i in range(parts)]
-            grads = []
-            for n in diff:
-                g = _gradient_name(n)
-                batch_dim = _shape(backward, g, "outputs").startswith("B,")
-                total = _join([r[g] for r in per_part]) if batch_dim else tf.add_n(
-                    [r[g] for r in per_part])
-                original = tensors[n] if n == "bias" else inputs[n]
-                grads.append(tf.reshape(total, tf.shape(original)) if n == "bias" else total)
-                grads[-1].set_shape(original.shape)
-            return grads
+            return _gradients(name, split, parts, (joined, pieces, results), d_returns, diff,
+                              {n: tensors[n] if n == "bias" else inputs[n] for n in diff})
 
         return tuple(joined), grad
 
     return tuple(op(*[tensors[n] if n == "bias" else inputs[n] for n in diff]))
+
+
+def _gradients(name, split, parts, forward, d_returns, diff, originals):
+    """The gradients of `diff` (forward inputs, as `originals`) through the backward
+    op, one per batch part: batch-dim gradients joined, weight gradients added."""
+    import tensorflow as tf
+
+    spec = cell(name)
+    backward = spec["backward"]
+    joined, pieces, results = forward
+    d = {"d_" + n: split(tf.zeros_like(j) if g is None else g)
+         for n, j, g in zip(spec["returns"], joined, d_returns)}
+    names = [n for n, _, _ in backward["outputs"]]
+    per_part = [dict(zip(names, _op_function(name, backward)(*[
+        d[n][i] if n in d else results[i][n] if n in results[i] else pieces[n][i]
+        for n, _, _ in backward["inputs"]]))) for i in range(parts)]
+    grads = []
+    for n in diff:
+        g = _gradient_name(n)
+        batch_dim = _shape(backward, g, "outputs").startswith("B,")
+        total = _join([r[g] for r in per_part]) if batch_dim else tf.add_n([r[g] for r in per_part])
+        grads.append(tf.reshape(total, tf.shape(originals[n])) if n == "bias" else total)
+        grads[-1].set_shape(originals[n].shape)
+    return grads
 
 
 def _shape(op, name, key="inputs"):
