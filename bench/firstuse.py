@@ -16,7 +16,7 @@ one again). Prints one JSON line: seconds for
 
 and "routes", the routes fastrnn's layers took.
 
-`python -m bench.firstuse --split` instead compiles the native route piece by piece
+`python -m bench.firstuse split` instead compiles the native route piece by piece
 in this process (FASTRNN_COMPILE_ASIDE=0: no helper process) and prints, per piece,
 its seconds and how they split between Numba's type inference, LLVM (code
 generation and optimization) and the rest (lowering, cache I/O, Python), as
@@ -92,7 +92,7 @@ def _native_ops(name):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if "--split" in argv:
+    if argv[:1] == ["split"]:
         print(json.dumps(compile_split()), flush=True)
         return 0
     use_keras = "--keras" in argv
