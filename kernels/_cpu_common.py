@@ -261,8 +261,8 @@ def prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
     mask_into(mask, has_mask, go_backwards, mask_tm, first)
 
 
-# prepare compiled once per dtype (kernels._abi), for the TensorFlow ops' backward
-# cfuncs, which rebuild x_tm from x: one copy of its code for every cell. Args:
+# prepare compiled once per dtype (kernels._abi), for the TensorFlow backward ops
+# (fastrnn/ops/native/cells.py), which rebuild x_tm from x: one copy of its code for every cell. Args:
 # addresses of x, mask, x_tm, mask_tm, first; batch, time, inputs, has_mask,
 # go_backwards; the done flag.
 _PREPARE_ARGS = 10
@@ -285,17 +285,7 @@ def _prepare_cfunc(dtype):
     return run
 
 
-_prepare_by_name = _abi.register("prepare", _prepare_cfunc, _PREPARE_ARGS)
-
-
-@jit
-def run_prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
-    """prepare through its compiled-once cfunc (`_abi.ensure("prepare", dtype)` first)."""
-    a = np.empty(_PREPARE_ARGS + 1, np.int64)
-    a[0], a[1], a[2], a[3], a[4] = (x.ctypes.data, mask.ctypes.data, x_tm.ctypes.data,
-                                    mask_tm.ctypes.data, first.ctypes.data)
-    a[5], a[6], a[7], a[8], a[9] = x.shape[0], x.shape[1], x.shape[2], has_mask, go_backwards
-    return _prepare_by_name(x, a)
+_abi.register("prepare", _prepare_cfunc, _PREPARE_ARGS)
 
 
 # Array-to-array assignment (a[...] = b) makes Numba compile its shape-mismatch

@@ -35,7 +35,6 @@ import tensorflow as tf  # noqa: E402 - loaded by _capi.calls() already
 _plain = tf.autograph.experimental.do_not_convert
 
 _T = "T: {float, double}"
-CELLS = ("gru", "simple_rnn", "lstm", "mingru")
 _lock = threading.RLock()
 _registered = {}   # (cell, dtype name, cores) -> True
 _wrappers = {}     # cell -> module of generated Python functions

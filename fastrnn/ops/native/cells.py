@@ -14,7 +14,11 @@ cond), a size or an integer. Inputs and outputs whose first dim is B split with
 the batch. The backward's `dX` outputs are the gradients of the forward's inputs X.
 """
 
-_FLAG, _ACT = (0, 1), (0, 4)   # config ranges: a flag, an activation code (kernels._validate)
+from fastrnn.kernels._cpu_common import BLOCK_BYTES
+from fastrnn.kernels._validate import ACTIVATIONS
+from fastrnn.kernels.mingru.cpu import BLOCK_BYTES as MINGRU_BLOCK_BYTES
+
+_FLAG, _ACT = (0, 1), (0, max(ACTIVATIONS.values()))   # config ranges: a flag, an activation code
 _COMMON = {"T": (1, "the time axis is empty: inputs need at least one step"),
            "H": (1, "units must be at least 1")}
 _FEATURES = {"I": (1, "x must have at least one feature"), **_COMMON}
@@ -89,7 +93,7 @@ LSTM = {
     "ranges": {"go_backwards": _FLAG, "act": _ACT, "ract": _ACT, "has_mask": _FLAG,
                "packed": _FLAG, "has_recurrent_mask": _FLAG},
     "sizes": {"B": "x.0", "T": "x.1", "I": "x.2", "H": "recurrent_kernel.0", "E": "B*4H",
-              "S": "block(T, E, 16777216)"},   # kernels._cpu_common.steps_per_block
+              "S": f"block(T, E, {BLOCK_BYTES})"},   # kernels._cpu_common.steps_per_block
     "least": _FEATURES, "legend": _LEGEND,
     "states": ("h0", "c0"), "weights": ("kernel", "recurrent_kernel"),
     "returns": ("out", "h_last", "c_last"),
@@ -152,7 +156,7 @@ MINGRU = {
     "config": ("go_backwards", "has_mask"),
     "ranges": {"go_backwards": _FLAG, "has_mask": _FLAG},
     "sizes": {"B": "x.0", "T": "x.1", "I": "x.2", "E": "T*2H",
-              "rows": "block(B, E, 1048576)"},   # kernels.mingru.cpu.rows_per_block
+              "rows": f"block(B, E, {MINGRU_BLOCK_BYTES})"},   # mingru.cpu.rows_per_block
     "least": _FEATURES, "legend": _LEGEND,
     "states": ("h0",), "weights": ("kernel",), "returns": ("out", "h_last"),
     "module": "fastrnn.kernels.mingru.cpu",
