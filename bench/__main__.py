@@ -346,6 +346,10 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: the CUDA kernels beside cuDNN on a GPU (see bench/gpu.py)")
+    parser.add_argument("--backend", choices=("tensorflow", "torch"), default="tensorflow",
+                        help="Keras' backend: torch runs bench/test_torch.py instead of the "
+                             "suites (layers and seed-style models, fastrnn beside Keras' own "
+                             "layers on the torch backend)")
     parser.add_argument("--only", default="", help="comma-separated cells: gru,simple_rnn,mingru")
     parser.add_argument("--suite", default=",".join(DEFAULT_SUITES),
                         help="comma-separated suites: kernels (kernel level, beside Keras, torch "
@@ -384,6 +388,8 @@ def main(argv=None):
     if args.full:
         suites += [suite for suite in FULL_SUITES if suite not in suites]
     files = [str(HERE / f"test_{suite}.py") for suite in suites]
+    if args.backend == "torch":
+        files = [str(HERE / "test_torch.py")]
     cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only",
            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}",
            f"--bench-budget={budget}", "--benchmark-disable-gc", "--benchmark-quiet"]
@@ -402,6 +408,7 @@ def main(argv=None):
         cmd += ["-k", " and ".join(selection)]
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env["KERAS_BACKEND"] = args.backend
     if args.threads:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
                      "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):

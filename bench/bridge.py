@@ -10,8 +10,6 @@
   numpy_function pair, or nothing (`tf.identity`). Four of them stacked in the
   forecasting model (`bridge_model`) show what one layer's forward+backward bridge
   costs in a training step: (step with the pair - step with nothing) / 4.
-- `StandIn`: a Dense on the inputs with a recurrent layer's output shape, the cheap
-  stand-in beside which a model's recurrent share of a step is shown.
 
 Importing this module imports TensorFlow and binds the C API (the cfuncs below are
 compiled, or loaded from Numba's cache, at import).
@@ -226,34 +224,3 @@ def bridge_model(bridge, seed=0):
     rng = np.random.default_rng(seed)
     return (model, rng.standard_normal((BATCH, TIME, 1)).astype("float32"),
             rng.standard_normal((BATCH, 1)).astype("float32"))
-
-
-class StandIn(keras.layers.Layer):
-    """A cheap layer with a recurrent layer's output shape: a Dense on the inputs
-    (on the last step when not return_sequences). Passes a sequence mask on as
-    recurrent layers do (dropped with the time axis).
-
-    Args:
-        units: output features (twice the wrapped layer's for a Bidirectional).
-        return_sequences: [B, T, units] if True, else [B, units].
-    """
-
-    def __init__(self, units, return_sequences=False, **kwargs):
-        super().__init__(**kwargs)
-        self.units, self.return_sequences = units, return_sequences
-        self.dense = keras.layers.Dense(units)
-        self.supports_masking = True
-
-    def build(self, input_shape):
-        self.dense.build((input_shape[0], input_shape[-1]))
-
-    def call(self, x, mask=None):
-        return self.dense(x if self.return_sequences else x[:, -1])
-
-    def compute_mask(self, inputs, mask=None):
-        return mask if self.return_sequences else None
-
-    def compute_output_shape(self, input_shape):
-        if self.return_sequences:
-            return (*input_shape[:2], self.units)
-        return (input_shape[0], self.units)

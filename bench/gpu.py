@@ -212,7 +212,7 @@ def main(argv=None):
 
     if args.smoke and importlib.util.find_spec("cupy") is None:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba.cuda is first imported
-    from fastrnn.kernels import _cuda
+    from fastrnn.kernels.gpu import cuda as _cuda
     if _cuda.simulator():
         xp = np
     else:

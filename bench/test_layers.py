@@ -66,12 +66,12 @@ def _recurrent(impl):
 
     "keras": keras.layers.* (minGRU: Dense gates + a tf loop); "fastrnn" and
     "numpy_function": fastrnn's layers (the route is chosen when the model's step
-    is traced, see _model_call); "stand-in": bench.bridge.StandIn, a Dense on the
+    is traced, see _model_call); "stand-in": bench.standin.StandIn, a Dense on the
     inputs of the same output shape (twice the units for a Bidirectional)."""
     import keras
 
     if impl == "stand-in":
-        from bench.bridge import StandIn
+        from bench.standin import StandIn
 
         def make(cell, units, bidirectional=False, return_sequences=False, **_):
             return StandIn(2 * units if bidirectional else units, return_sequences)
@@ -159,7 +159,7 @@ MODELS = ["forecast SimpleRNN(3)", "forecast GRU(256)", "next-word SimpleRNN(50,
           "sentiment BiLSTM(64) T200", "next-word LSTM(150) V8200", "lm minGRU(128) B32 T32"]
 # What each model case times, in the same rounds: Keras' layers, fastrnn's (the route
 # it picks: native ops where they can be set up), fastrnn's on the tf.numpy_function
-# route, and the stand-in (bench.bridge.StandIn in place of every recurrent layer).
+# route, and the stand-in (bench.standin.StandIn in place of every recurrent layer).
 MODEL_IMPLS = ("keras", "fastrnn", "numpy_function", "stand-in")
 
 

@@ -8,6 +8,7 @@ what was noted into the text the report prints. Imports nothing heavy.
 
 import threading
 
+DEVICES = ("auto", "cpu", "cuda")  # a layer's `device`
 KERAS = "keras"
 KERAS_CUDNN = "Keras' cuDNN"   # on a GPU, where Keras' own layer runs cuDNN
 
@@ -34,6 +35,12 @@ def note(layer, route, reason=None):
             return
         _seen.add(key)
         _notes.append((name, type(layer).__name__, route, reason))
+
+
+def check_device(device):
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return device
 
 
 def notes():

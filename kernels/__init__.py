@@ -18,10 +18,10 @@ The float64 references with the same signatures live in
 disk by Numba), never at import.
 """
 
-from . import _cache  # noqa: F401 - first: the cached functions below are stamped by it
-from . import _dispatch
-from ._cuda import gpu_available
-from ._validate import ACTIVATIONS
+from .runtime import cache as _cache  # noqa: F401 - first: the cached functions below are stamped by it
+from .entry import dispatch as _dispatch
+from .gpu.cuda import gpu_available
+from .checks.validate import ACTIVATIONS
 from .gru import cpu as _gru
 from .lstm import cpu as _lstm
 from .mingru import cpu as _mingru

@@ -60,6 +60,6 @@ def test_wheel_contains_the_kernels_package(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ["fastrnn/__init__.py", "fastrnn/testing.py", "fastrnn/kernels/__init__.py",
                    "fastrnn/kernels/gru/cpu.py", "fastrnn/kernels/gru/reference.py",
-                   "fastrnn/kernels/simple_rnn/cpu.py", "fastrnn/kernels/_blas.py"]:
+                   "fastrnn/kernels/simple_rnn/cpu.py", "fastrnn/kernels/blas/binding.py"]:
         assert module in names, f"{module} missing from {wheel.name}"
     assert not any(n.startswith("kernels/") for n in names), "a top-level 'kernels' leaked"

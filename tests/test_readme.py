@@ -136,7 +136,7 @@ def test_relative_links_point_to_existing_files(page):
     assert not broken, f"{page.name}: broken links {broken}"
 
 
-# A path in backticks: folders and files of the checkout, e.g. `kernels/_abi.py`, `bench/`.
+# A path in backticks: folders and files of the checkout, e.g. `kernels/runtime/abi.py`, `bench/`.
 _PATH = re.compile(r"`((?:\.\./)?[\w-]+/(?:[\w.-]+/)*[\w.-]*|[\w-]+\.(?:py|md|toml|png|json))`")
 
 

@@ -11,16 +11,18 @@ import sys
 import warnings
 
 import keras
-import tensorflow as tf
 
 from fastrnn import _routes
-from fastrnn.kernels._validate import ACTIVATIONS
+from fastrnn.kernels.checks.validate import ACTIVATIONS
 
 
 def activation_name(fn):
     """Kernel name of a Keras activation function, or None if the kernels lack it."""
     if fn is None:
         return "linear"
+    for name in ACTIVATIONS:  # Keras' own functions, without serializing (which imports
+        if fn is keras.activations.get(name):  # TensorFlow where it is installed)
+            return name
     try:
         name = keras.activations.serialize(fn)
     except (ValueError, TypeError):
@@ -33,6 +35,22 @@ def activation_name(fn):
 _EXPORTERS = ("keras.src.export", "tensorflow.python.saved_model")
 
 
+BACKENDS = ("tensorflow", "torch")  # the Keras backends fastrnn's kernels run on
+
+
+def recurrences():
+    """The module whose gru / lstm / simple_rnn / mingru run the kernels as
+    differentiable ops of Keras' backend: fastrnn.ops (TensorFlow) or
+    fastrnn.torch_ops (torch)."""
+    if keras.backend.backend() == "torch":
+        from fastrnn import torch_ops
+
+        return torch_ops
+    from fastrnn import ops
+
+    return ops
+
+
 def tracing_for_export():
     """True while a graph is being traced to be written out as a SavedModel.
 
@@ -41,6 +59,10 @@ def tracing_for_export():
     ExportArchive traces its endpoints before tf.saved_model.save opens its
     save context, hence the look at who is tracing.
     """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
     if not tf.inside_function():
         return False
     from tensorflow.python.saved_model import save_context
@@ -92,9 +114,7 @@ class FastRNNMixin:
     """
 
     def __init__(self, *args, device="auto", **kwargs):
-        from fastrnn.ops.recurrence import check_device
-
-        self._device = check_device(device)
+        self._device = _routes.check_device(device)
         super().__init__(*args, **kwargs)
         # XLA cannot compile the kernels' ops: as Keras' own cuDNN layers do, say so,
         # and Keras compiles the model without XLA (jit_compile="auto" on a GPU
@@ -122,6 +142,14 @@ class FastRNNMixin:
 
     def _fallback_reason(self, training):
         """Why this call must use Keras' own loop, or None."""
+        backend = keras.backend.backend()
+        if backend not in BACKENDS:
+            return (f"the {backend} backend (fastrnn's kernels run on the TensorFlow and "
+                    "torch backends)")
+        if backend == "torch":
+            reason = recurrences().fallback_reason()
+            if reason is not None:
+                return reason
         for cell in self._cells():
             entry = cell_entry(cell)
             if entry is None:
@@ -147,10 +175,12 @@ class FastRNNMixin:
                          if cls.__module__.startswith("keras.") and "inner_loop" in cls.__dict__)
         return keras_cls.inner_loop(self, sequences, initial_state, mask=mask, training=training)
 
-    def _keras_would_use_cudnn(self):
+    def _keras_would_use_cudnn(self, mask=None):
         """Whether Keras' own layer would run this call on cuDNN (its `use_cudnn`, no
         recurrent dropout, and keras' `cudnn_ok` rules: tanh/sigmoid, bias, not
-        unrolled, GRU reset_after; cudnn_ok also asks for a TensorFlow GPU)."""
+        unrolled, GRU reset_after; cudnn_ok also asks for a TensorFlow GPU). On the
+        torch backend Keras' cuDNN path also takes no mask and (GRU) only
+        reset_after=True; its cudnn_ok asks torch for CUDA and cuDNN."""
         is_lstm = isinstance(self, keras.layers.LSTM)
         if not (is_lstm or isinstance(self, keras.layers.GRU)):
             return False   # SimpleRNN, RNN(cell), minGRU: Keras has no cuDNN path
@@ -162,26 +192,41 @@ class FastRNNMixin:
             return False
         import importlib
 
+        cell = self.cell
+        if keras.backend.backend() == "torch":
+            if mask is not None or not (is_lstm or cell.reset_after):
+                return False
+            keras_torch_rnn = importlib.import_module("keras.src.backend.torch.rnn")
+            return bool(keras_torch_rnn.cudnn_ok(cell.activation, cell.recurrent_activation,
+                                                 self.unroll, cell.use_bias))
         # The module (keras.src.backend.tensorflow's `rnn` attribute is a function).
         keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
 
-        cell = self.cell
         extra = {} if is_lstm else {"reset_after": cell.reset_after}
         return bool(keras_tf_rnn.cudnn_ok(cell.activation, cell.recurrent_activation,
                                           self.unroll, cell.use_bias, **extra))
 
-    def _gpu_route(self):
+    def _gpu_route(self, sequences=None, mask=None):
         """On a machine where TensorFlow has a GPU and device="auto": Keras' cuDNN
         where Keras' own layer would use it (fastrnn's CUDA kernels are slower than
         cuDNN there), else fastrnn's CUDA kernels where CuPy + numba-cuda can run
         them, else Keras' own loop (the CPU op would copy every GPU tensor to the
         host and back). Returns (route, reason), or None off a GPU or for device
-        "cpu" / "cuda" (those are the user's to choose)."""
-        from fastrnn.kernels import _cuda
+        "cpu" / "cuda" (those are the user's to choose). On the torch backend "on a
+        GPU" means: the inputs are CUDA tensors."""
+        from fastrnn.kernels.gpu import cuda as _cuda
 
-        if self._device != "auto" or not tf.config.list_logical_devices("GPU"):
+        if self._device != "auto":
             return None
-        if self._keras_would_use_cudnn():
+        if keras.backend.backend() == "torch":
+            if not getattr(sequences, "is_cuda", False):
+                return None
+        else:
+            import tensorflow as tf
+
+            if not tf.config.list_logical_devices("GPU"):
+                return None
+        if self._keras_would_use_cudnn(mask):
             return _routes.KERAS_CUDNN, "Keras' own layer runs cuDNN here, faster than fastrnn's CUDA kernels"
         if _cuda.gpu_available():
             return "cuda", None
@@ -192,7 +237,10 @@ class FastRNNMixin:
         if tracing_for_export():
             _routes.note(self, _routes.KERAS, "traced for export (SavedModels keep Keras' loop)")
             return self._keras_loop(sequences, initial_state, mask, training)
-        gpu = self._gpu_route()
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        reason = self._fallback_reason(training)
+        gpu = self._gpu_route(sequences, mask) if reason is None else None
         if gpu is not None and gpu[0] != "cuda":
             _routes.note(self, *gpu)
             if gpu[0] == _routes.KERAS_CUDNN or getattr(self, "use_cudnn", "auto") is True:
@@ -202,7 +250,6 @@ class FastRNNMixin:
             # Keras' cuDNN attempt would decline here anyway (or, on implementation=1
             # input dropout, fail on the list of per-gate masks): its generic loop.
             return self._keras_loop(sequences, initial_state, mask, training)
-        reason = self._fallback_reason(training)
         if reason is not None:
             _routes.note(self, _routes.KERAS, reason)
             if not getattr(self, "_fastrnn_warned", False):
@@ -210,8 +257,6 @@ class FastRNNMixin:
                               "own (exact, slower) loop for this configuration.", stacklevel=2)
                 self._fastrnn_warned = True
             return self._keras_loop(sequences, initial_state, mask, training)
-        if isinstance(mask, (list, tuple)):
-            mask = mask[0]
         cells = self._cells()
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
         if _stacked(self.cell):
@@ -219,7 +264,10 @@ class FastRNNMixin:
         else:
             per_cell = [states]
         self._check_call(sequences, per_cell, mask)
-        _routes.note(self, _routes.fast_route(self._device, self))
+        if keras.backend.backend() == "torch":
+            _routes.note(self, recurrences().route_name(sequences, self._device))
+        else:
+            _routes.note(self, _routes.fast_route(self._device, self))
         outputs, go_backwards, cell_mask, finals = sequences, self.go_backwards, mask, []
         for cell, cell_states in zip(cells, per_cell):
             x = outputs
@@ -229,17 +277,17 @@ class FastRNNMixin:
                 # gate_inputs).
                 dp_mask = cell.get_dropout_mask(x[:, 0, :])
                 if not isinstance(dp_mask, (list, tuple)):
-                    x = x * tf.expand_dims(dp_mask, 1)
+                    x = x * keras.ops.expand_dims(dp_mask, 1)
             outputs, final = cell_entry(cell)[1](cell, x, cell_states, cell_mask, training,
                                                  go_backwards, self._device)
             finals.append(final)
             # The next cell of a stack reads these outputs, already in processing order.
             if go_backwards and cell_mask is not None:
-                cell_mask = tf.reverse(cell_mask, [1])
+                cell_mask = keras.ops.flip(cell_mask, axis=1)
             go_backwards = False
         if mask is not None and self.zero_output_for_mask:
-            keep = tf.reverse(mask, [1]) if self.go_backwards else mask
-            outputs = outputs * tf.cast(keep, outputs.dtype)[:, :, None]
+            keep = keras.ops.flip(mask, axis=1) if self.go_backwards else mask
+            outputs = outputs * keras.ops.cast(keep, outputs.dtype)[:, :, None]
         if not _stacked(self.cell):
             final_states = finals[0]
         else:
@@ -254,32 +302,45 @@ class FastRNNMixin:
     def _check_call(self, sequences, per_cell_states, mask):
         # Static checks, so that bad input raises here, in eager and graph mode,
         # rather than inside a py_function.
-        if not sequences.dtype.is_floating:
+        dtype = keras.backend.standardize_dtype(sequences.dtype)
+        if not keras.backend.is_float_dtype(dtype):
             raise ValueError(f"{self.name}: inputs must be floating point, got dtype "
-                             f"{sequences.dtype.name} (cast integer features, or embed ids "
+                             f"{dtype} (cast integer features, or embed ids "
                              "with keras.layers.Embedding first)")
+        x_shape = _static_shape(sequences)
         cells = self._cells()
         features = cells[0].kernel.shape[0]  # every cell here has kernel [I, G * H]
-        if sequences.shape[-1] is not None and sequences.shape[-1] != features:
+        if x_shape is not None and x_shape[-1] is not None and x_shape[-1] != features:
             raise ValueError(f"{self.name}: inputs have {sequences.shape[-1]} features but the "
                              f"layer was built for {features}; got input shape {sequences.shape}")
         for cell, states in zip(cells, per_cell_states):
             units = cell.units
             for state in states:
-                if state.shape.rank is not None and (state.shape.rank != 2
-                                                     or state.shape[-1] not in (None, units)):
+                shape = _static_shape(state)
+                if shape is not None and (len(shape) != 2 or shape[-1] not in (None, units)):
                     raise ValueError(f"{self.name}: initial state must have shape [batch, "
                                      f"{units}], got shape {state.shape}")
         if mask is not None:
-            if mask.shape.rank is not None and mask.shape.rank != 2:
+            m_shape = _static_shape(mask)
+            if m_shape is not None and len(m_shape) != 2:
                 raise ValueError(f"{self.name}: mask must have shape [batch, time], got shape "
                                  f"{mask.shape} for inputs of shape {sequences.shape}")
             for axis, name in ((0, "batch"), (1, "time")):
-                m, s = mask.shape[axis], sequences.shape[axis]
+                if m_shape is None or x_shape is None:
+                    break
+                m, s = m_shape[axis], x_shape[axis]
                 if m is not None and s is not None and m != s:
                     raise ValueError(f"{self.name}: mask must have shape [batch, time] matching "
                                      f"inputs {sequences.shape}; got mask shape {mask.shape} "
                                      f"({name} differs)")
+
+
+def _static_shape(t):
+    """t's static shape as a tuple (None for unknown dims), or None if its rank is unknown."""
+    shape = t.shape
+    if getattr(shape, "rank", 0) is None:
+        return None
+    return tuple(shape)
 
 
 def gated_fallback_reason(cell, training):
@@ -306,13 +367,14 @@ def gate_inputs(cell, sequences, training):
         return sequences, kernel   # one mask: already applied by FastRNNMixin.inner_loop
     gates = len(masks)
     units = kernel.shape[1] // gates
-    wide = tf.concat([sequences * tf.expand_dims(tf.cast(m, sequences.dtype), 1)
-                      for m in masks], axis=-1)
+    kops = keras.ops
+    wide = kops.concatenate([sequences * kops.expand_dims(kops.cast(m, sequences.dtype), 1)
+                             for m in masks], axis=-1)
     blocks = []
     for g in range(gates):
         block = kernel[:, g * units:(g + 1) * units]
-        blocks.append(tf.pad(block, [[0, 0], [g * units, (gates - 1 - g) * units]]))
-    return wide, tf.concat(blocks, axis=0)
+        blocks.append(kops.pad(block, [[0, 0], [g * units, (gates - 1 - g) * units]]))
+    return wide, kops.concatenate(blocks, axis=0)
 
 
 def gate_recurrent_mask(cell, states, training):
@@ -324,4 +386,4 @@ def gate_recurrent_mask(cell, states, training):
         # One mask: a cell switched to implementation=2 after it was built, whose
         # step (Keras' fused branch) applies no recurrent dropout.
         return None
-    return tf.concat([tf.cast(m, states[0].dtype) for m in masks], axis=-1)
+    return keras.ops.concatenate([keras.ops.cast(m, states[0].dtype) for m in masks], axis=-1)

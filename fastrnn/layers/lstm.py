@@ -1,13 +1,12 @@
 import keras
 
-from fastrnn import ops
-
 from ._base import (
     FastRNNMixin,
     activation_name,
     gate_inputs,
     gate_recurrent_mask,
     gated_fallback_reason,
+    recurrences,
     register_cell,
 )
 
@@ -37,7 +36,7 @@ class LSTM(FastRNNMixin, keras.layers.LSTM):
 
 def _loop(cell, sequences, states, mask, training, go_backwards, device):
     inputs, kernel = gate_inputs(cell, sequences, training)
-    outputs, h_last, c_last = ops.lstm(
+    outputs, h_last, c_last = recurrences().lstm(
         inputs, states[0], states[1], kernel, cell.recurrent_kernel.value,
         None if cell.bias is None else cell.bias.value, mask, go_backwards=go_backwards,
         device=device, activation=activation_name(cell.activation),

@@ -12,9 +12,7 @@ from keras import ops as kops
 # it has been part of Keras 3 since 3.0 but is not exported publicly.
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
-from fastrnn import ops
-
-from ._base import FastRNNMixin, register_cell
+from ._base import FastRNNMixin, recurrences, register_cell
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -139,7 +137,7 @@ class MinGRU(FastRNNMixin, keras.layers.RNN):
 
 
 def _loop(cell, sequences, states, mask, training, go_backwards, device):
-    outputs, h_last = ops.mingru(
+    outputs, h_last = recurrences().mingru(
         sequences, states[0], cell.kernel.value, None if cell.bias is None else cell.bias.value,
         mask, go_backwards=go_backwards, device=device)
     return outputs, [h_last]

@@ -1,8 +1,6 @@
 import keras
 
-from fastrnn import ops
-
-from ._base import FastRNNMixin, activation_name, register_cell
+from ._base import FastRNNMixin, activation_name, recurrences, register_cell
 
 
 @keras.saving.register_keras_serializable(package="fastrnn")
@@ -36,7 +34,7 @@ def _loop(cell, sequences, states, mask, training, go_backwards, device):
     recurrent_mask = None
     if training and 0.0 < cell.recurrent_dropout < 1.0:
         recurrent_mask = cell.get_recurrent_dropout_mask(states[0])
-    outputs, h_last = ops.simple_rnn(
+    outputs, h_last = recurrences().simple_rnn(
         sequences, states[0], cell.kernel.value, cell.recurrent_kernel.value,
         None if cell.bias is None else cell.bias.value, mask,
         activation=activation_name(cell.activation), go_backwards=go_backwards, device=device,

@@ -27,7 +27,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from fastrnn.kernels import _cuda, _parts, _saved
+from fastrnn.kernels.gpu import cuda as _cuda
+from fastrnn.kernels.batch import parts as _parts
+from fastrnn.kernels.entry import saved as _saved
 
 from . import _threads, route
 
@@ -177,7 +179,7 @@ def recurrence(forward, backward, saved_cls, meta, x, states0, weights, mask, un
     `saved_cls`, fixed by the configuration. `mask` and `recurrent_mask` get no
     gradient. `carry(saved)` lists the arrays the backward cannot rebuild and
     `restore(carried, x, states0, weights, mask, recurrent_mask)` rebuilds `saved`
-    (`n_carry` arrays); by default the recurrent cells' (kernels._saved).
+    (`n_carry` arrays); by default the recurrent cells' (kernels.entry.saved).
     `recurrent`: the cell has a per-step recurrent product (False for minGRU).
     Half precision is computed in float32.
     """

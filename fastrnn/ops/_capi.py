@@ -21,7 +21,7 @@ Kernel-side rules (see also ops/native/_shell.py):
   InvalidArgumentError (or Internal) that names the op and what was wrong. The
   kernels take their scratch from TensorFlow (`scratch`: TF_AllocateTemp) rather
   than NumPy, so nothing in them raises; the cores they call through their table
-  slots report a failure through their done flag (kernels._abi);
+  slots report a failure through their done flag (kernels.runtime.abi);
 - messages are small global byte arrays, embedded in the compiled code as
   constants (a Python int holding an address would be frozen stale in the cache).
 """
@@ -38,10 +38,10 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels import _cache
+from fastrnn.kernels.runtime import cache as _cache
 
 # The op kernels (here and in native/) compile in this folder's code and the
-# kernels': their cache is stamped with both (kernels._cache).
+# kernels': their cache is stamped with both (kernels.runtime.cache).
 _cache.add_tree(os.path.dirname(os.path.abspath(__file__)))
 
 TESTED_TF = ("2.21",)
@@ -267,7 +267,7 @@ def scratch(ctx, dtype_code, dims, rank, status):
 @njit(cache=True, nogil=True)
 def zero_tensor(tensor, nbytes):
     """Every byte of an allocated tensor's nbytes set to 0 (element loops: see
-    kernels._cpu_common.copy_1d)."""
+    kernels.fastmath.common.copy_1d)."""
     data = carray(TF_TensorData(tensor), nbytes, np.uint8)
     for i in range(nbytes):
         data[i] = 0

@@ -5,18 +5,19 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from fastrnn.kernels import _blas, _parts
+from fastrnn.kernels.blas import binding as _blas
+from fastrnn.kernels.batch import parts as _parts
 
 # How a call's work is spread over the cores when TensorFlow calls the kernels.
 #
-# Below SMALL_WORK multiply-adds (kernels._parts) a call runs on one thread with a
+# Below SMALL_WORK multiply-adds (kernels.batch.parts) a call runs on one thread with a
 # one-thread BLAS: TF runs other ops of the graph at the same time on its own
 # thread pool, and for small recurrences a multi-threaded OpenBLAS competing with
 # it measured slower (a minGRU(128) T32 language-model training step: 43 ms with 2
 # OpenBLAS threads, 35 ms with 1; 2-core EPYC).
 #
 # Larger calls split the batch into one part per core (at least MIN_ROWS rows
-# each), as the kernels called directly do (kernels._parts), but here on threads
+# each), as the kernels called directly do (kernels.batch.parts), but here on threads
 # of this module's own rather than on OpenBLAS' workers: each part runs the whole
 # kernel, forward or backward, with a one-thread BLAS, and the parts' weight
 # gradients are summed. No OpenBLAS worker thread is ever woken. That matters as
@@ -70,7 +71,7 @@ def run_parts(fn, n):
 
 def plan(x, width, max_parts, recurrent=True):
     """(parts, BLAS threads or None for the library's own count) for a call on x.
-    `recurrent`: the cell has a per-step recurrent product (kernels._parts.few_rows)."""
+    `recurrent`: the cell has a per-step recurrent product (kernels.batch.parts.few_rows)."""
     if _FORCED_THREADS:
         return 1, int(_FORCED_THREADS)
     batch, time, features = x.shape
@@ -83,7 +84,7 @@ def plan(x, width, max_parts, recurrent=True):
 
 
 def with_threads(threads, fn):
-    # Either way the kernels themselves never split (kernels._parts): the backward
+    # Either way the kernels themselves never split (kernels.batch.parts): the backward
     # needs one `saved` per part it runs, and here the parts are this module's.
     if threads is None:
         with _parts.unsplit():

@@ -11,7 +11,8 @@ arrays). Each returns (outputs [B, T, H], final states) in x's dtype.
 import tensorflow as tf
 
 from fastrnn import kernels
-from fastrnn.kernels import _cuda, _validate
+from fastrnn.kernels.gpu import cuda as _cuda
+from fastrnn.kernels.checks import validate as _validate
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.lstm import cpu as lstm_cpu
 from fastrnn.kernels.mingru import cpu as mingru_cpu

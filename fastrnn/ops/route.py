@@ -7,9 +7,8 @@ import warnings
 
 import tensorflow as tf
 
-from fastrnn.kernels import _cuda
-
-DEVICES = ("auto", "cpu", "cuda")
+from fastrnn._routes import DEVICES, check_device  # noqa: F401 - re-exported
+from fastrnn.kernels.gpu import cuda as _cuda
 
 # The CPU route of the layers: "native" (TensorFlow ops registered through the C
 # API, ops/native), "numpy_function" (ops/_bridge.py's tf.numpy_function pairs),
@@ -71,12 +70,6 @@ def route_name(device="cpu"):
     if use_gpu_route(device):
         return "cuda"
     return "native op" if native_route(device) is not None else "numpy_function fallback"
-
-
-def check_device(device):
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    return device
 
 
 def use_gpu_route(device):

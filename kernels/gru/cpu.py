@@ -23,20 +23,22 @@ from dataclasses import dataclass
 import numpy as np
 from numba import carray, cfunc
 
-from .. import _abi, _parts, _pool
-from .. import _validate as v
-from .. import _microgemm
-from .._abi import address_to_pointer
-from .._blas import gemm_tn
-from .._microgemm import packed_or_empty, product, transposed_for_product
-from .._dropout import (
+from ..runtime import abi as _abi
+from ..batch import parts as _parts
+from ..batch import pool as _pool
+from ..checks import validate as v
+from ..blas import microgemm as _microgemm
+from ..runtime.abi import address_to_pointer
+from ..blas.binding import gemm_tn
+from ..blas.microgemm import packed_or_empty, product, transposed_for_product
+from ..fastmath.dropout import (
     dropped_product,
     dropped_product_t,
     dropped_recurrent_gradient,
     gate_blocks,
     gate_blocks_transposed,
 )
-from .._cpu_common import (
+from ..fastmath.common import (
     activate,
     activation_grad,
     add_unmasked_rows,
@@ -67,7 +69,7 @@ def _forward_reset_after(gates, recurrent_kernel, recurrent_packed, b_sum, b_in,
                          hh_saved, out, mask, first, act, ract, rec_mask, mats, mats_packed):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows). hh_saved [T, B, H].
     # b_sum = b_in + b_rec (only its z | r part is read). rec_mask [B, 3H] per-gate
-    # recurrent dropout with mats, mats_packed its gate blocks (kernels._dropout), or [0, 0].
+    # recurrent dropout with mats, mats_packed its gate blocks (kernels.fastmath.dropout), or [0, 0].
     time, batch, width = gates.shape
     units = width // 3
     rec = np.empty((batch, width), gates.dtype)
@@ -182,7 +184,7 @@ def _forward_reset_before(gates, kernel_zr, zr_packed, kernel_h, h_packed, bias,
                           out, mask, first, act, ract, rec_mask, mats, mats_packed):
     # gates [T, B, 3H]: x W on entry, z | r | c on exit (unmasked rows).
     # rh_saved [T, B, H] = r * h_{t-1} (* m_h under recurrent dropout: rec_mask [B, 3H],
-    # mats, mats_packed the z and r gate blocks, kernels._dropout; or [0, 0]).
+    # mats, mats_packed the z and r gate blocks, kernels.fastmath.dropout; or [0, 0]).
     time, batch, width = gates.shape
     units = width // 3
     rec_zr = np.empty((batch, 2 * units), gates.dtype)
@@ -307,7 +309,7 @@ def forward_core(x, h0, kernel, recurrent_kernel, bias, mask, has_mask, reset_af
     TensorFlow op's one implementation). x [B, T, I], h0 [B, H], bias [2, 3H]
     (reset_after: input row, recurrent row) or [1, 3H], zeros for no bias; mask
     [B, T] read only if has_mask; recurrent_mask [B, 3H] per-gate recurrent dropout
-    (kernels._dropout) or [0, 0]; packed: use the packed per-step product.
+    (kernels.fastmath.dropout) or [0, 0]; packed: use the packed per-step product.
     Writes out [B, T, H], h_last [B, H] and what the backward reads: x_tm [T, B, I],
     gates [T, B, 3H], extra [T, B, H], states [T + 1, B, H], mask_tm [T, B], first [B]."""
     time, batch, inputs = x_tm.shape
@@ -396,7 +398,7 @@ def backward_core(x_tm, gates, extra, states, mask_tm, first, kernel, recurrent_
     batch_major_into(dx_tm, go_backwards, dx)
 
 
-# The cores compiled once per dtype and called through their table slots (kernels._abi). Forward args:
+# The cores compiled once per dtype and called through their table slots (kernels.runtime.abi). Forward args:
 # addresses of x, h0, kernel, recurrent_kernel, bias, mask, out, h_last, x_tm, gates,
 # extra, states, mask_tm, first; then batch, time, inputs, units, bias rows,
 # has_mask, reset_after, go_backwards, act, ract, packed (reset_after is a constant
@@ -443,7 +445,7 @@ def _forward_run(dtype, reset_after):
             carray(address_to_pointer(a[11]), (time + 1, batch, units), dtype),
             carray(address_to_pointer(a[12]), (time, batch), np.bool_),
             carray(address_to_pointer(a[13]), batch, np.int64))
-        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_FORWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 
@@ -479,7 +481,7 @@ def _backward_run(dtype, reset_after):
             carray(address_to_pointer(a[11]), (inputs, width), dtype),
             carray(address_to_pointer(a[12]), (units, width), dtype),
             carray(address_to_pointer(a[13]), (rows, width), dtype))
-        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_BACKWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 
@@ -488,7 +490,7 @@ def _backward_run(dtype, reset_after):
 # 11-12 s of a cold compile of the backward core, one variant 6 s (2-core EPYC,
 # float32). A first use compiles only the variant it runs; reset_after=True is
 # Keras' default.
-_VARIANTS = {True: "", False: "_reset_before"}  # kernels._abi's name suffix
+_VARIANTS = {True: "", False: "_reset_before"}  # kernels.runtime.abi's name suffix
 _forward_after, _backward_after, _prepare_after = _abi.register_cell(
     "gru", _forward_cfunc(True), _backward_cfunc(True), (_FORWARD_ARGS, _BACKWARD_ARGS),
     _VARIANTS[True])
@@ -498,7 +500,7 @@ _forward_before, _backward_before, _prepare_before = _abi.register_cell(
 
 
 def core_names(reset_after=True):
-    """(forward core, backward core) of the variant, as kernels._abi names them."""
+    """(forward core, backward core) of the variant, as kernels.runtime.abi names them."""
     suffix = _VARIANTS[bool(reset_after)]
     return f"gru_forward{suffix}", f"gru_backward{suffix}"
 

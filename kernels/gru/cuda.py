@@ -4,7 +4,7 @@ Same equations, layout (z | r | h), signatures and `saved` contents as the CPU
 kernels (kernels/gru/cpu.py), with CuPy arrays in and out. Time-major inside.
 
 Forward: one GEMM projects every step's input, then one loop kernel in which a
-block per batch row runs every step (kernels/_cuda_block.py). reset_after=True:
+block per batch row runs every step (kernels/gpu/block.py). reset_after=True:
 per step the matvec h_{t-1} U ([3H]) and the fused step that computes z, r, hh,
 c and h_t and applies the mask rule. reset_after=False: matvec h U_zr, z, r and
 r*h, matvec (r*h) U_h, then c and h.
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
-from .. import _cuda as cu
-from .. import _validate as v
-from .._cuda_block import block_math
+from ..gpu import cuda as cu
+from ..checks import validate as v
+from ..gpu.block import block_math
 from .cpu import GRUSaved
 
 
@@ -171,7 +171,7 @@ def _build(F):
             d_zr[b, k] = zero
 
     # The loop kernels: one block per batch row b runs every step, the
-    # per-step products with U through matvec (see kernels/_cuda_block.py).
+    # per-step products with U through matvec (see kernels/gpu/block.py).
 
     @cuda.jit(**cu.row_jit_options())
     def forward_reset_after(gates, u, rec, b_in, b_rec, states, hh_saved, out, mask, first,

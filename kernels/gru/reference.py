@@ -10,7 +10,7 @@ reset_after=False, bias [3H]:
 
 import numpy as np
 
-from .._reference import activation_functions, f64, run_forward, single_state_backward
+from ..checks.reference import activation_functions, f64, run_forward, single_state_backward
 
 
 def gru_forward(x, h0, kernel, recurrent_kernel, bias, mask=None, reset_after=True,

@@ -9,7 +9,7 @@ gates i | f | g | o. Backward: per step fused passes for the gate gradients and
 one BLAS call for dh_{t-1}; dx and the weight gradients are GEMMs over blocks of
 steps. One nopython core per direction (forward_core, backward_core) does a whole
 call on preallocated arrays, compiled once per dtype as a cfunc called through a table slot
-(kernels._abi, run_forward / run_backward): the launchers here validate, allocate
+(kernels.runtime.abi, run_forward / run_backward): the launchers here validate, allocate
 and call it, and so do the TensorFlow ops' kernels (fastrnn/ops/native/_lstm.py).
 
 Saved for backward, per step and batch row: x_t (I floats), i | f | g | o (4H),
@@ -21,18 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 from numba import carray, cfunc
 
-from .. import _abi, _microgemm, _parts, _pool
-from .. import _validate as v
-from .._abi import put, view1, view2, view3
-from .._microgemm import packed_or_empty, product, transposed_for_product
-from .._dropout import (
+from ..runtime import abi as _abi
+from ..blas import microgemm as _microgemm
+from ..batch import parts as _parts
+from ..batch import pool as _pool
+from ..checks import validate as v
+from ..runtime.abi import put, view1, view2, view3
+from ..blas.microgemm import packed_or_empty, product, transposed_for_product
+from ..fastmath.dropout import (
     dropped_product,
     dropped_product_t,
     dropped_recurrent_gradient,
     gate_blocks,
     gate_blocks_transposed,
 )
-from .._cpu_common import (
+from ..fastmath.common import (
     activate,
     activation_grad,
     add_output_grad,
@@ -71,7 +74,7 @@ def forward_core(x, h0, c0, kernel, recurrent_kernel, bias, mask, has_mask, go_b
     """A whole lstm_forward call on preallocated arrays (the launcher's and the
     TensorFlow op's one implementation). x [B, T, I], h0, c0 [B, H], bias [4H]
     (zeros for no bias); mask [B, T] read only if has_mask; recurrent_mask [B, 4H]
-    per-gate recurrent dropout (kernels._dropout) or [0, 0]; packed: use the packed
+    per-gate recurrent dropout (kernels.fastmath.dropout) or [0, 0]; packed: use the packed
     per-step product. Writes out [B, T, H], h_last, c_last [B, H] and what the
     backward reads: x_tm [T, B, I], gates [T, B, 4H] (i | f | g | o of unmasked
     rows), h_states, c_states [T + 1, B, H] (row 0: h0, c0), tanh_c [T, B, H]
@@ -194,7 +197,7 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     d_kernel and d_recurrent (overwritten by the first block) while it is in cache.
 
     The scratch is the caller's: the launcher's comes from the pool. Allocated here,
-    split calls (kernels._parts: the parts' backwards at once on OpenBLAS' threads)
+    split calls (kernels.batch.parts: the parts' backwards at once on OpenBLAS' threads)
     measured B16 T1024 I64 H128 backward 95 -> 120 ms, glibc handing the fresh
     16 MiB back to the OS after every call. Its steps also follow BLOCK_BYTES as set
     at run time (per_block), where a compiled steps_per_block keeps its value."""
@@ -231,7 +234,7 @@ def backward_core(x_tm, gates, h_states, c_states, tanh_c, mask_tm, first, kerne
     batch_major_into(dx_tm, go_backwards, dx)
 
 
-# The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
+# The cores compiled once per dtype, called through their table slots (kernels.runtime.abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
 _FORWARD_ARRAYS, _FORWARD_ARGS = 18, 18 * _abi.SLOTS + 5
 _BACKWARD_ARRAYS, _BACKWARD_ARGS = 19, 19 * _abi.SLOTS + 4
@@ -250,7 +253,7 @@ def _forward_cfunc(dtype):
                      view2(a, 36, dtype), view3(a, 40, dtype), view3(a, 44, dtype),
                      view3(a, 48, dtype), view3(a, 52, dtype), view3(a, 56, dtype),
                      view2(a, 60, np.bool_), view1(a, 64, np.int64))
-        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_FORWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 
@@ -268,7 +271,7 @@ def _backward_cfunc(dtype):
                       a[s] != 0, a[s + 1], a[s + 2], a[s + 3] != 0, view3(a, 48, dtype),
                       view2(a, 52, dtype), view2(a, 56, dtype), view1(a, 60, dtype),
                       view3(a, 64, dtype), view3(a, 68, dtype))
-        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_BACKWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 

@@ -3,7 +3,7 @@
 Gate order i | f | c | o as Keras; same signatures and semantics as
 kernels/lstm/cpu.py, CuPy arrays in and out. One GEMM for every step's input,
 then one loop kernel each way, a block per batch row running every step
-(kernels/_cuda_block.py): forward the matvec h_{t-1} U ([4H]) and the fused
+(kernels/gpu/block.py): forward the matvec h_{t-1} U ([4H]) and the fused
 step, backward the fused step and the matvec dz U^T; weight gradients one
 GEMM each after the loop.
 Saved per step and batch row: x_t, i | f | g | o (4H), h_t, c_t and act(c_t).
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
-from .. import _cuda as cu
-from .. import _validate as v
-from .._cuda_block import block_math
+from ..gpu import cuda as cu
+from ..checks import validate as v
+from ..gpu.block import block_math
 from .cpu import LSTMSaved
 
 
@@ -83,7 +83,7 @@ def _build(F):
             dh[b, j] = gh
 
     # The loop kernels: one block per batch row b runs every step, the
-    # per-step products with U through matvec (see kernels/_cuda_block.py).
+    # per-step products with U through matvec (see kernels/gpu/block.py).
 
     @cuda.jit(**cu.row_jit_options())
     def forward(gates, u, rec, bias, h_states, c_states, tanh_c, out, mask, first, cached, act,

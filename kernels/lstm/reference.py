@@ -8,7 +8,7 @@
 
 import numpy as np
 
-from .._reference import (activation_functions, f64, gate_products, gate_products_backward,
+from ..checks.reference import (activation_functions, f64, gate_products, gate_products_backward,
                           run_backward, run_forward)
 
 

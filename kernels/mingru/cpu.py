@@ -13,7 +13,7 @@ no [B, T, H] state array is written, saved or read again. Backward: the reverse
 recurrence g_t = dL/dh_t + a_{t+1} g_{t+1} fused with the gate gradients, then
 one GEMM each for dx and dW, block by block the same way.
 
-Large calls split the batch over the cores (kernels._parts: one part per
+Large calls split the batch over the cores (kernels.batch.parts: one part per
 OpenBLAS thread, each the whole blocked kernel with a one-thread BLAS). Measured
 here (2-core EPYC, float32, forward+backward, medians of an A/B in one process):
 B16 T1024 I64 H128 38.9 ms unsplit against 27.3 ms split, B64 T100 I128 H256
@@ -23,7 +23,7 @@ threads fighting over 2 cores: 6.7 ms against 2.4 ms at B16 T1024 H128.)
 
 The sequential method is one nopython core per direction (forward_core,
 backward_core) doing the whole call on preallocated arrays, compiled once per
-dtype as a cfunc called through a table slot (kernels._abi, run_forward / run_backward): the
+dtype as a cfunc called through a table slot (kernels.runtime.abi, run_forward / run_backward): the
 launchers validate, allocate and call it, and so do the TensorFlow ops' kernels
 (fastrnn/ops/native/_mingru.py), where it is the method: on one core it was the
 fastest (float32 forward+backward, one thread, medians of interleaved runs on a
@@ -47,12 +47,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import carray, cfunc, njit, prange
 
-from .. import _abi, _parts, _pool
-from .. import _validate as v
-from .._abi import put, view1, view2, view3
-from .._blas import gemm, gemm_tn
-from .._cpu_common import OPTIONS, inline_jit, jit, per_block, project, time_major_mask
-from .._math import sigmoid as fast_sigmoid
+from ..runtime import abi as _abi
+from ..batch import parts as _parts
+from ..batch import pool as _pool
+from ..checks import validate as v
+from ..runtime.abi import put, view1, view2, view3
+from ..blas.binding import gemm, gemm_tn
+from ..fastmath.common import OPTIONS, inline_jit, jit, per_block, project, time_major_mask
+from ..fastmath.functions import sigmoid as fast_sigmoid
 from ..scan.cpu import choose_method, run_scan
 
 
@@ -258,7 +260,7 @@ def backward_core(x_p, gates, mask_bt, first, kernel, d_out, dh, go_backwards, r
         d_bias[j] = d_b[j]
 
 
-# The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
+# The cores compiled once per dtype, called through their table slots (kernels.runtime.abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
 _FORWARD_ARRAYS, _FORWARD_ARGS = 11, 11 * _abi.SLOTS + 3
 _BACKWARD_ARRAYS, _BACKWARD_ARGS = 11, 11 * _abi.SLOTS + 2
@@ -273,7 +275,7 @@ def _forward_cfunc(dtype):
                      view1(a, 12, dtype), view2(a, 16, np.bool_), a[s] != 0, a[s + 1] != 0,
                      a[s + 2], view3(a, 20, dtype), view3(a, 24, dtype), view3(a, 28, dtype),
                      view2(a, 32, dtype), view2(a, 36, np.bool_), view1(a, 40, np.int64))
-        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_FORWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 
@@ -287,7 +289,7 @@ def _backward_cfunc(dtype):
                       view1(a, 12, np.int64), view2(a, 16, dtype), view3(a, 20, dtype),
                       view2(a, 24, dtype), a[s] != 0, a[s + 1], view3(a, 28, dtype),
                       view3(a, 32, dtype), view2(a, 36, dtype), view1(a, 40, dtype))
-        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_BACKWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 
@@ -308,7 +310,7 @@ def _prepare_cfunc(dtype):
         s = 5 * _abi.SLOTS
         prepare(view3(a, 0, dtype), view2(a, 4, np.bool_), a[s] != 0, a[s + 1] != 0,
                 view3(a, 8, dtype), view2(a, 12, np.bool_), view1(a, 16, np.int64))
-        a[PREPARE_ARGS] = 1  # finished (kernels._abi)
+        a[PREPARE_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 

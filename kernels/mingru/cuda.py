@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
-from .. import _cuda as cu
-from .. import _validate as v
+from ..gpu import cuda as cu
+from ..checks import validate as v
 from .cpu import MinGRUSaved
 from ..scan.cuda import choose_method, run_scan
 

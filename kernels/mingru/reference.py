@@ -7,7 +7,7 @@ Masks and go_backwards follow Keras' rules (the shared loop in _reference.py).
 
 import numpy as np
 
-from .._reference import f64, run_forward, single_state_backward
+from ..checks.reference import f64, run_forward, single_state_backward
 
 
 def _sigmoid(v):

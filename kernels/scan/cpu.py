@@ -19,7 +19,7 @@ by one, which is what the backward pass needs:
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .._cpu_common import OPTIONS
+from ..fastmath.common import OPTIONS
 
 
 
@@ -141,7 +141,7 @@ def run_scan(a, b, init, out, reverse, method="auto", chunk=256):
 
 
 def _check_scan_args(a, b, h0, names=("a", "b")):
-    from .. import _validate as v
+    from ..checks import validate as v
 
     a = v.float_array(a, names[0])
     if a.ndim != 3 or 0 in a.shape:
@@ -190,7 +190,7 @@ def linear_scan_backward(a, h, h0, d_h, *, method="auto"):
     """
     _check_method(method)
     a, h, h0 = _check_scan_args(a, h, h0, ("a", "h"))
-    from .. import _validate as v
+    from ..checks import validate as v
 
     d_h = v.check_grad(d_h, "d_h", a.shape, a.dtype)
     g = run_scan(a, d_h, np.zeros_like(h0), np.empty_like(a), True, method)

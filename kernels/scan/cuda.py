@@ -24,8 +24,8 @@ the same kernels read the sequence from the end with the coefficient shifted.
 
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
-from .. import _cuda as cu
-from .. import _validate as v
+from ..gpu import cuda as cu
+from ..checks import validate as v
 
 METHODS = ("auto", "sequential", "blelloch")
 

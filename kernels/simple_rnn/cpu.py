@@ -11,7 +11,7 @@ Saved for backward, per step and batch row: x_t (I floats) and h_t (H floats).
 
 One nopython core per direction (forward_core, backward_core) does a whole call on
 preallocated arrays. Each is compiled once per dtype as a cfunc called through a table slot
-(kernels._abi, run_forward / run_backward): the launchers below validate, allocate
+(kernels.runtime.abi, run_forward / run_backward): the launchers below validate, allocate
 and call it, and so do the TensorFlow ops' cfuncs (fastrnn/ops/native/_simple_rnn.py).
 """
 
@@ -21,12 +21,14 @@ import numpy as np
 
 from numba import carray, cfunc
 
-from .. import _abi, _parts, _pool
-from .. import _validate as v
-from .. import _microgemm
-from .._abi import put, view1, view2, view3
-from .._microgemm import packed_or_empty, product, transposed_for_product
-from .._cpu_common import (
+from ..runtime import abi as _abi
+from ..batch import parts as _parts
+from ..batch import pool as _pool
+from ..checks import validate as v
+from ..blas import microgemm as _microgemm
+from ..runtime.abi import put, view1, view2, view3
+from ..blas.microgemm import packed_or_empty, product, transposed_for_product
+from ..fastmath.common import (
     activate,
     activation_grad,
     add_output_grad,
@@ -203,7 +205,7 @@ def backward_core(x_tm, states, mask_tm, first, kernel, recurrent_kernel, recurr
     batch_major_into(dx_tm, go_backwards, dx)
 
 
-# The cores compiled once per dtype, called through their table slots (kernels._abi). Arrays take
+# The cores compiled once per dtype, called through their table slots (kernels.runtime.abi). Arrays take
 # _abi.SLOTS slots each (put / view); then the settings; then the done flag.
 _FORWARD_ARRAYS, _FORWARD_ARGS = 13, 13 * _abi.SLOTS + 4
 _BACKWARD_ARRAYS, _BACKWARD_ARGS = 13, 13 * _abi.SLOTS + 3
@@ -220,7 +222,7 @@ def _forward_cfunc(dtype):
                      a[s] != 0, a[s + 1] != 0, a[s + 2], view2(a, 24, dtype), a[s + 3] != 0,
                      view3(a, 28, dtype), view2(a, 32, dtype), view3(a, 36, dtype),
                      view3(a, 40, dtype), view2(a, 44, np.bool_), view1(a, 48, np.int64))
-        a[_FORWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_FORWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 
@@ -236,7 +238,7 @@ def _backward_cfunc(dtype):
                       view2(a, 24, dtype), view3(a, 28, dtype), view2(a, 32, dtype),
                       a[s] != 0, a[s + 1], a[s + 2] != 0, view3(a, 36, dtype),
                       view2(a, 40, dtype), view2(a, 44, dtype), view1(a, 48, dtype))
-        a[_BACKWARD_ARGS] = 1  # finished (kernels._abi)
+        a[_BACKWARD_ARGS] = 1  # finished (kernels.runtime.abi)
 
     return run
 

@@ -5,7 +5,7 @@
 Same signatures and semantics as kernels/simple_rnn/cpu.py, CuPy arrays in and
 out. Forward: one GEMM for every step's input, then one loop kernel: a block
 per batch row runs every step, (h_{t-1} m) U as a block matvec with U's first
-rows in shared memory, then the fused step (see kernels/_cuda_block.py).
+rows in shared memory, then the fused step (see kernels/gpu/block.py).
 Backward: one loop kernel, per step d_pre = dh act'(h_t) and the matvec
 d_pre U^T, which the next step adds to dh (times m); weight gradients are one
 GEMM each after the loop.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
-from .. import _cuda as cu
-from .. import _validate as v
-from .._cuda_block import block_math
+from ..gpu import cuda as cu
+from ..checks import validate as v
+from ..gpu.block import block_math
 from .cpu import SimpleRNNSaved
 
 

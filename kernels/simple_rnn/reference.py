@@ -7,7 +7,7 @@ Same signatures as the fast kernels; results are always float64.
 
 import numpy as np
 
-from .._reference import activation_functions, f64, run_forward, single_state_backward
+from ..checks.reference import activation_functions, f64, run_forward, single_state_backward
 
 
 def simple_rnn_forward(x, h0, kernel, recurrent_kernel, bias, activation="tanh",

@@ -13,7 +13,7 @@ import pytest
 from conftest import DTYPES, GPU_MODE, MASKS, assert_close, check_kernel_against_reference, make_mask
 
 from cuda_helpers import on_device, to_device, to_host
-from fastrnn.kernels import _cuda
+from fastrnn.kernels.gpu import cuda as _cuda
 from fastrnn.kernels.gru import cuda as gru_cuda
 from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import cuda as lstm_cuda
@@ -228,7 +228,7 @@ def test_saved_rebuilt_from_carried_arrays(cell, rng):
     # What the Keras layers' GPU route does between its two py_functions: carry
     # the arrays of `saved` that cannot be rebuilt, rebuild the rest from the
     # inputs; the backward must not change.
-    from fastrnn.kernels import _saved
+    from fastrnn.kernels.entry import saved as _saved
     from fastrnn.kernels.mingru import cpu as mingru_cpu
 
     fwd, bwd, _, _, fixed = _functions(cell)

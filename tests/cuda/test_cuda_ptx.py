@@ -22,7 +22,7 @@ CAPABILITIES = [(8, 0), (9, 0)]
 
 SCRIPT = """
 import importlib, json, sys
-from fastrnn.kernels import _cuda
+from fastrnn.kernels.gpu import cuda as _cuda
 result = {}
 for module in %r:
     kernels = importlib.import_module("fastrnn.kernels." + module + ".cuda").KERNELS

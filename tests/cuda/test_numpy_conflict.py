@@ -5,7 +5,7 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from fastrnn.kernels import _cuda
+from fastrnn.kernels.gpu import cuda as _cuda
 
 
 def _versions(monkeypatch, numba_cuda):

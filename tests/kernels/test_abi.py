@@ -1,4 +1,4 @@
-"""kernels._abi: cores called through their table slots, compiled by a helper process.
+"""kernels.runtime.abi: cores called through their table slots, compiled by a helper process.
 
 Each check runs in a fresh interpreter with its own empty Numba cache, so what
 it sees compiled or loaded is its own doing.
@@ -29,7 +29,7 @@ def test_a_helper_compiles_the_next_core_while_this_process_compiles_its_own(tmp
     out = run_python("""
         import numpy as np
         from numba import njit
-        from fastrnn.kernels import _abi
+        from fastrnn.kernels.runtime import abi as _abi
         from fastrnn.kernels.mingru import cpu
 
         @njit
@@ -64,7 +64,7 @@ def test_a_core_is_compiled_once_by_whichever_process_claims_it(tmp_path):
     out = run_python("""
         import os, tempfile, time
         import numpy as np
-        from fastrnn.kernels import _abi
+        from fastrnn.kernels.runtime import abi as _abi
         from fastrnn.kernels.mingru import cpu
 
         claims = tempfile.mkdtemp()
@@ -94,7 +94,7 @@ def test_ensure_all_compiles_the_rest_aside(tmp_path):
     # for the others (which one compiles the backward core then depends on timing).
     out = run_python("""
         import numpy as np
-        from fastrnn.kernels import _abi
+        from fastrnn.kernels.runtime import abi as _abi
         from fastrnn.kernels.mingru import cpu
 
         start = _abi._start_aside
@@ -112,7 +112,7 @@ def test_without_a_helper_everything_compiles_here(tmp_path):
     out = run_python("""
         import sys
         import numpy as np
-        from fastrnn.kernels import _abi
+        from fastrnn.kernels.runtime import abi as _abi
 
         print("enabled", _abi.aside_enabled())
         sys.executable = "/bin/false"  # a helper that fails at once
@@ -135,7 +135,7 @@ def test_the_kernels_imported_twice_share_one_core_table():
         from fastrnn import kernels as first
         sys.path.insert(0, {str(ROOT)!r})
         import kernels as second
-        assert second._abi is not first._abi
+        assert second.runtime.abi is not first.runtime.abi
         x = np.ones((2, 3, 2), np.float32)
         for k in (first, second, first):
             out, h, saved = k.mingru_forward(x, None, np.ones((2, 4), np.float32),

@@ -1,4 +1,4 @@
-"""kernels/_blas.py: the GEMM bindings (NumPy's CBLAS, or the SciPy fallback), the
+"""kernels/blas/binding.py: the GEMM bindings (NumPy's CBLAS, or the SciPy fallback), the
 process-wide OpenBLAS thread count the layers lower for small calls, and kernels
 that release the GIL."""
 
@@ -10,7 +10,7 @@ import pytest
 from numba import njit
 
 from fastrnn import kernels
-from fastrnn.kernels import _blas
+from fastrnn.kernels.blas import binding as _blas
 
 
 @njit
@@ -126,7 +126,7 @@ def test_kernels_run_in_threads_without_the_gil():
 def test_every_cpu_kernel_releases_the_gil():
     from numba.core.registry import CPUDispatcher
 
-    from fastrnn.kernels import _cpu_common
+    from fastrnn.kernels.fastmath import common as _cpu_common
     modules = [_cpu_common, kernels._gru, kernels._lstm, kernels._simple_rnn, kernels._mingru,
                kernels._scan]
     found = {f"{m.__name__}.{name}": obj.targetoptions.get("nogil")
@@ -155,7 +155,7 @@ def test_small_direct_calls_hold_openblas_at_one_thread(monkeypatch, cell):
     # Small calls (forward and backward) run with a one-thread OpenBLAS and give the
     # count back; large ones, and calls made while someone else holds a limit, are
     # left alone. The results do not depend on it.
-    from fastrnn.kernels import _parts
+    from fastrnn.kernels.batch import parts as _parts
 
     rng = np.random.default_rng(0)
     B, T, I, H = 3, 5, 2, 4
@@ -178,7 +178,7 @@ def test_small_direct_calls_hold_openblas_at_one_thread(monkeypatch, cell):
     assert held == [1, 1] and _blas.holders() == before
     held.clear()
     monkeypatch.setattr(_parts, "ONE_THREAD_WORK", 0)
-    from fastrnn.kernels import _microgemm
+    from fastrnn.kernels.blas import microgemm as _microgemm
 
     monkeypatch.setattr(_microgemm, "ENABLED", False)
     large = call()

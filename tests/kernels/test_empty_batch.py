@@ -1,4 +1,4 @@
-"""An empty batch (x [0, T, I]) through the public kernels (kernels._dispatch).
+"""An empty batch (x [0, T, I]) through the public kernels (kernels.entry.dispatch).
 
 Under tf.distribute a replica gets an empty batch when the last batch does not split
 evenly. Forward gives empty outputs ([0, T, H], [0, H]); backward gives dx [0, T, I],
@@ -11,7 +11,9 @@ import pytest
 from conftest import DTYPES, check_kernel_against_reference
 
 from fastrnn import kernels
-from fastrnn.kernels import _dispatch, _parts, _saved
+from fastrnn.kernels.entry import dispatch as _dispatch
+from fastrnn.kernels.batch import parts as _parts
+from fastrnn.kernels.entry import saved as _saved
 from fastrnn.kernels.gru import cpu as gru_cpu
 from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import cpu as lstm_cpu

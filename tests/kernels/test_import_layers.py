@@ -53,5 +53,22 @@ def test_the_kernels_import_graph_has_no_cycle():
     for n in sorted(graph):
         visit(n, [])
     # The helpers the issue named: validation below the `saved` plumbing below dispatch.
-    assert "_dispatch" not in graph["_validate"] and "_dispatch" not in graph["_saved"]
-    assert graph["_validate"] == set()
+    assert "entry.dispatch" not in graph["checks.validate"]
+    assert "entry.dispatch" not in graph["entry.saved"]
+    assert graph["checks.validate"] == set()
+
+
+# kernels/' folders from the bottom up: a module imports from its own folder or the
+# folders before it, never from one after it.
+LAYERS = ["runtime", "checks", "gpu", "blas", "batch", "fastmath", "scan",
+          "gru", "lstm", "mingru", "simple_rnn", "entry", ""]
+
+
+def test_the_kernels_folders_depend_only_downward():
+    names = _module_names()
+    assert {n.partition(".")[0] for n in names} == set(LAYERS)  # every folder has a layer
+    for name, path in names.items():
+        level = LAYERS.index(name.partition(".")[0])
+        for target in _imports(name, path, names):
+            assert LAYERS.index(target.partition(".")[0]) <= level, (
+                f"kernels.{name} imports kernels.{target}, a layer above it")

@@ -89,7 +89,7 @@ def test_backward_in_blocks_of_steps(rng, monkeypatch, steps, mask_kind, go_back
     # The backward hands its gradients to the dx and weight GEMMs a block of steps
     # at a time (_cpu_common.BLOCK_BYTES); blocks of 1 and 3 steps over T=7 (the
     # last block short) against the reference.
-    from fastrnn.kernels import _cpu_common
+    from fastrnn.kernels.fastmath import common as _cpu_common
 
     B, T, I, H = 3, 7, 4, 5
     monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 4 * H * np.dtype(dtype).itemsize)
@@ -136,7 +136,7 @@ def test_recurrent_mask(rng, dtype, go_backwards, mask_kind):
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_recurrent_mask_in_blocks_of_steps(rng, monkeypatch, steps):
-    from fastrnn.kernels import _cpu_common
+    from fastrnn.kernels.fastmath import common as _cpu_common
 
     B, T, I, H = 3, 7, 4, 5
     monkeypatch.setattr(_cpu_common, "BLOCK_BYTES", steps * B * 4 * H * 4)

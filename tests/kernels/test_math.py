@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastrnn.kernels import _math
+from fastrnn.kernels.fastmath import functions as _math
 
 
 @njit(error_model="numpy")

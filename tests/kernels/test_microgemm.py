@@ -1,4 +1,4 @@
-"""The packed per-step product (kernels._microgemm) and when the kernels use it.
+"""The packed per-step product (kernels.blas.microgemm) and when the kernels use it.
 
 The product is checked against a float64 matmul over shapes that leave every
 kind of remainder (rows not a multiple of 4, columns not a multiple of the
@@ -17,7 +17,8 @@ from conftest import check_kernel_against_reference, make_mask
 from numba.core.errors import TypingError
 
 from fastrnn import kernels
-from fastrnn.kernels import _blas, _microgemm
+from fastrnn.kernels.blas import binding as _blas
+from fastrnn.kernels.blas import microgemm as _microgemm
 from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import reference as lstm_ref
 from fastrnn.kernels.simple_rnn import reference as rnn_ref
@@ -39,7 +40,8 @@ def test_micro_kernels_are_bound_per_dtype_when_a_core_needs_them():
     micro-kernel only (a fresh process, so nothing earlier bound either)."""
     code = (
         "import numpy as np\n"
-        "from fastrnn.kernels import _microgemm, _abi\n"
+        "from fastrnn.kernels.blas import microgemm as _microgemm\n"
+        "from fastrnn.kernels.runtime import abi as _abi\n"
         "import fastrnn.kernels.simple_rnn.cpu as cpu\n"
         "assert _microgemm._BOUND == {}, _microgemm._BOUND\n"
         "cpu.prepare_cores(np.float32)\n"

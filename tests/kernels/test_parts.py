@@ -1,4 +1,4 @@
-"""Large kernel calls split the batch over OpenBLAS' worker threads (kernels._parts).
+"""Large kernel calls split the batch over OpenBLAS' worker threads (kernels.batch.parts).
 
 Forced here onto small inputs (no work threshold, one row per part at least), a
 split call must match the float64 reference like an unsplit one: outputs, final
@@ -12,7 +12,8 @@ import pytest
 from conftest import assert_close, check_kernel_against_reference, make_mask
 
 from fastrnn import kernels
-from fastrnn.kernels import _blas, _parts
+from fastrnn.kernels.blas import binding as _blas
+from fastrnn.kernels.batch import parts as _parts
 from fastrnn.kernels.gru import reference as gru_ref
 from fastrnn.kernels.lstm import reference as lstm_ref
 from fastrnn.kernels.mingru import reference as mingru_ref

@@ -146,7 +146,7 @@ def test_backward_can_run_twice():
 
 
 def test_pool_never_hands_out_memory_still_in_use():
-    from fastrnn.kernels import _pool
+    from fastrnn.kernels.batch import pool as _pool
 
     first = _pool.empty((512, 1024), np.float32)
     view = first[100:]
@@ -165,7 +165,8 @@ def test_outputs_are_64_byte_aligned(cell, batch, time):
     # aligned, so everything of 64 KiB or more that a layer hands back to TF
     # (outputs, final states, the carried `saved` arrays, gradients of x, initial
     # states and weights) is; smaller copies cost less than aligning.
-    from fastrnn.kernels import _pool, _saved
+    from fastrnn.kernels.batch import pool as _pool
+    from fastrnn.kernels.entry import saved as _saved
 
     rng = np.random.default_rng(0)
     I, H = 16, 64
@@ -217,7 +218,7 @@ def test_cupy_arrays_without_the_cuda_stack_get_a_clear_error(monkeypatch):
     import sys
     import types
 
-    from fastrnn.kernels import _cuda
+    from fastrnn.kernels.gpu import cuda as _cuda
 
     fake = types.ModuleType("cupy")
 

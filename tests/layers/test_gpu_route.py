@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import fastrnn
 from fastrnn import _routes
-from fastrnn.kernels import _cuda
+from fastrnn.kernels.gpu import cuda as _cuda
 
 keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
 

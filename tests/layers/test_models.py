@@ -280,7 +280,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras, fastrnn
 cls = getattr(fastrnn, sys.argv[1])
 if sys.argv[2:] == ["split"]:  # every call split into parts, as large calls are
-    from fastrnn.kernels import _parts
+    from fastrnn.kernels.batch import parts as _parts
     _parts.SMALL_WORK, _parts.MIN_ROWS = 0, 1
 rng = np.random.default_rng(0)
 x = rng.standard_normal((16, 7, 3)).astype("float32")

@@ -12,7 +12,8 @@ from tensorflow.python.eager import record as tf_record
 
 import fastrnn
 from fastrnn import ops
-from fastrnn.kernels import _microgemm, _parts
+from fastrnn.kernels.blas import microgemm as _microgemm
+from fastrnn.kernels.batch import parts as _parts
 from fastrnn.ops import _threads, recurrence
 
 from test_parity import compare, random_mask
@@ -59,7 +60,7 @@ def split_into(monkeypatch):
 def test_plan(monkeypatch):
     # Small calls: one part, one BLAS thread. Large: one part per core with at
     # least MIN_ROWS rows, one BLAS thread each; too few rows: one thread for the
-    # recurrent cells where the packed per-step product runs (kernels._microgemm),
+    # recurrent cells where the packed per-step product runs (kernels.blas.microgemm),
     # else (minGRU, or without it) the library's threads.
     small = np.empty((4, 3, 2), np.float32)
     assert _threads.plan(small, 12, 2) == (1, 1)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import fastrnn
-from fastrnn.kernels import _parts
+from fastrnn.kernels.batch import parts as _parts
 from fastrnn.ops import _threads, recurrence
 
 B, T, I, H = 5, 7, 3, 4

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from fastrnn import kernels
-from fastrnn.kernels import _parts
+from fastrnn.kernels.batch import parts as _parts
 
 native = pytest.importorskip("fastrnn.ops.native", reason="the C API route cannot be set up")
 

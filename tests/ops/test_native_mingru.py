@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from fastrnn import kernels
-from fastrnn.kernels import _parts
+from fastrnn.kernels.batch import parts as _parts
 
 native = pytest.importorskip("fastrnn.ops.native", reason="the C API route cannot be set up")
 
@@ -95,7 +95,7 @@ def test_several_blocks_of_rows(dtype):
 
 
 def test_one_input_feature():
-    # I = 1: the projection is an outer product (kernels._cpu_common.project).
+    # I = 1: the projection is an outer product (kernels.fastmath.common.project).
     args = data("float64", masked=True, shape=(3, 6, 1, 5))
     check(through_ops(*args), through_kernels(*args), "float64")
 

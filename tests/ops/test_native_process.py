@@ -101,7 +101,7 @@ def test_warmup_registers_the_ops():
     import fastrnn
     from tensorflow.python.framework import op_def_registry
 
-    from fastrnn.kernels import _abi
+    from fastrnn.kernels.runtime import abi as _abi
 
     timings = fastrnn.warmup(cells="gru", dtypes="float32", verbose=False)
     assert list(timings) == [("gru", "float32")] and timings[("gru", "float32")] >= 0
@@ -122,7 +122,7 @@ def test_a_gru_binds_only_the_cores_of_its_variant():
         import tensorflow as tf
         import fastrnn
         from fastrnn import kernels
-        from fastrnn.kernels import _abi
+        from fastrnn.kernels.runtime import abi as _abi
         from fastrnn.ops import native
 
         x = np.ones((2, 3, 1), np.float32)
@@ -215,14 +215,14 @@ def test_numba_threading_layer_survives_concurrent_threads():
 
 
 def test_a_core_that_raises_fails_the_call_and_the_op_cleanly():
-    # A core compiled once and called by name (kernels._abi) cannot raise through the
+    # A core compiled once and called by name (kernels.runtime.abi) cannot raise through the
     # C ABI: Numba prints the exception and the cfunc returns. Its done flag stays
     # clear, and the launcher raises / the op fails with a TF error. A failing core
     # is bound in place of GRU's forward before anything links to it.
     out, err = run_python("""
         import numpy as np
         from numba import carray, cfunc
-        from fastrnn.kernels import _abi
+        from fastrnn.kernels.runtime import abi as _abi
 
         def failing(dtype):
             @cfunc(_abi.SIGNATURE)

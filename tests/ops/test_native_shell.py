@@ -10,7 +10,7 @@ import tensorflow as tf
 
 native = pytest.importorskip("fastrnn.ops.native", reason="the C API route cannot be set up")
 
-from fastrnn.kernels import _abi  # noqa: E402
+from fastrnn.kernels.runtime import abi as _abi  # noqa: E402
 from fastrnn.ops.native import _shell  # noqa: E402
 from fastrnn.ops.native.cells import CELLS  # noqa: E402
 

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from fastrnn import kernels
-from fastrnn.kernels import _parts
-from fastrnn.kernels._validate import ACTIVATIONS
+from fastrnn.kernels.batch import parts as _parts
+from fastrnn.kernels.checks.validate import ACTIVATIONS
 
 native = pytest.importorskip("fastrnn.ops.native", reason="the C API route cannot be set up")
 

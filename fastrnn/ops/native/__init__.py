@@ -20,7 +20,7 @@ import threading
 
 import numpy as np
 
-from fastrnn.kernels import _microgemm
+from fastrnn.kernels.blas import microgemm as _microgemm
 
 from .. import _capi
 
@@ -74,7 +74,7 @@ def ops(name, dtype, **variant):
 def _register(spec, dtype, cores):
     import importlib
 
-    from fastrnn.kernels import _abi
+    from fastrnn.kernels.runtime import abi as _abi
 
     with _lock:
         if (spec["name"], dtype.name, cores) in _registered:
@@ -160,7 +160,7 @@ def packed():
 # ------------------------------------------------------------- the TF side --
 
 # A call splits into one op per core from a quarter of the direct kernels' SMALL_WORK
-# (kernels._parts.work): where they stop holding OpenBLAS at one thread
+# (kernels.batch.parts.work): where they stop holding OpenBLAS at one thread
 # (ONE_THREAD_WORK). An op holds the BLAS at one thread, so a second op is its only
 # way onto a second core. Training steps measured here (2-core EPYC, float32,
 # Input -> layer -> Dense(1), medians of interleaved runs, one op against two):
@@ -174,9 +174,9 @@ SPLIT_FRACTION = 4
 def plan_parts(x, width, max_parts):
     """How many batch parts a call on x splits into: 1 unless the batch is known
     statically and the work is at least SMALL_WORK / SPLIT_FRACTION; then one per
-    core (max_parts), each with at least kernels._parts.MIN_ROWS rows. None when
+    core (max_parts), each with at least kernels.batch.parts.MIN_ROWS rows. None when
     the batch or time is known only at run time (plan_sizes then plans in the graph)."""
-    from fastrnn.kernels import _parts
+    from fastrnn.kernels.batch import parts as _parts
 
     batch, time, features = (x.shape.as_list() + [None] * 3)[:3]
     if max_parts < 2:
@@ -201,7 +201,7 @@ def plan_sizes(x, features, width, max_parts):
     """
     import tensorflow as tf
 
-    from fastrnn.kernels import _parts
+    from fastrnn.kernels.batch import parts as _parts
 
     shape = tf.shape(x, out_type=tf.int64)
     batch, time = shape[0], shape[1]
@@ -352,7 +352,7 @@ def _splitter(x, features, width, max_parts):
     """(split(t) -> [parts of t along the batch], parts) for a call on x."""
     import tensorflow as tf
 
-    from fastrnn.kernels import _parts
+    from fastrnn.kernels.batch import parts as _parts
 
     parts = plan_parts(x, width, max_parts)
     if parts is None:   # batch or time known only at run time: plan in the graph

@@ -2,7 +2,7 @@
 
 A cell's description (native/cells.py) names each op's inputs, outputs and scratch
 with their shapes in sizes (B, T, I, H, ...), and the cores the op calls with their
-int64 arguments (kernels._abi). `compile_op` turns an op's description into a
+int64 arguments (kernels.runtime.abi). `compile_op` turns an op's description into a
 program, an int64 [rows, 10] array; `compute` (the TensorFlow kernel of every op
 and dtype) runs it:
 
@@ -30,8 +30,8 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels import _abi
-from fastrnn.kernels._abi import address_to_pointer
+from fastrnn.kernels.runtime import abi as _abi
+from fastrnn.kernels.runtime.abi import address_to_pointer
 
 from .. import _capi
 from .._capi import (INTERNAL, INVALID_ARGUMENT, KERNEL_SIGNATURE, MAX_DIMS, TF_BOOL, TF_DOUBLE,
@@ -276,7 +276,7 @@ def _run(ctx, status, p, handles, dims, ranks, v):
                     for d in range(3):
                         args[n + 1 + d] = v[p[q, 5 + d]] if p[q, 5 + d] >= 0 else 0
                 n += 1 if how == I_ADDRESS else 4
-            args[n] = 0  # the core's done flag (kernels._abi)
+            args[n] = 0  # the core's done flag (kernels.runtime.abi)
             if not _abi.call_slot(2 * a + (itemsize == 8), args.ctypes.data) or args[n] == 0:
                 return CORE, -1, r
     return -1, -1, 0

@@ -8,14 +8,14 @@ saved for the backward), the kernels `module` that registers its cores and the
 `cores` each variant needs. An op: `inputs` (name, shape, when: checked only when
 that size is nonzero), `outputs` and `scratch` (name, shape, dtype), `copies` (an
 input into an output before the cores run) and `calls`: (core, when, arguments),
-the arguments in the core's order (kernels._abi): an array's address (`name`), its
+the arguments in the core's order (kernels.runtime.abi): an array's address (`name`), its
 address and dims (`@name`, `@name[d0,d1]`, `@name|cond:other` for `other` unless
 cond), a size or an integer. Inputs and outputs whose first dim is B split with
 the batch. The backward's `dX` outputs are the gradients of the forward's inputs X.
 """
 
-from fastrnn.kernels._cpu_common import BLOCK_BYTES
-from fastrnn.kernels._validate import ACTIVATIONS
+from fastrnn.kernels.fastmath.common import BLOCK_BYTES
+from fastrnn.kernels.checks.validate import ACTIVATIONS
 from fastrnn.kernels.mingru.cpu import BLOCK_BYTES as MINGRU_BLOCK_BYTES
 
 _FLAG, _ACT = (0, 1), (0, max(ACTIVATIONS.values()))   # config ranges: a flag, an activation code
@@ -93,7 +93,7 @@ LSTM = {
     "ranges": {"go_backwards": _FLAG, "act": _ACT, "ract": _ACT, "has_mask": _FLAG,
                "packed": _FLAG, "has_recurrent_mask": _FLAG},
     "sizes": {"B": "x.0", "T": "x.1", "I": "x.2", "H": "recurrent_kernel.0", "E": "B*4H",
-              "S": f"block(T, E, {BLOCK_BYTES})"},   # kernels._cpu_common.steps_per_block
+              "S": f"block(T, E, {BLOCK_BYTES})"},   # kernels.fastmath.common.steps_per_block
     "least": _FEATURES, "legend": _LEGEND,
     "states": ("h0", "c0"), "weights": ("kernel", "recurrent_kernel"),
     "returns": ("out", "h_last", "c_last"),

@@ -3,7 +3,7 @@
 The CUDA modules (and numba.cuda, CuPy) are imported only when a CuPy array
 arrives, so the CPU path never needs them. A backward call follows its `saved`.
 
-Small CPU calls (below kernels._parts.ONE_THREAD_WORK) run with a one-thread
+Small CPU calls (below kernels.batch.parts.ONE_THREAD_WORK) run with a one-thread
 OpenBLAS, see `_one_thread`.
 
 An empty batch (x of shape [0, T, I]; under tf.distribute a replica gets one when
@@ -19,20 +19,25 @@ import importlib
 import inspect
 import numpy as np
 
-from . import _blas, _cuda, _parts
-from . import _validate as v
-from ._saved import GATES, STATES, EmptySaved, array_module_of, bias_shape, empty_saved
+from ..blas import binding as _blas
+from ..gpu import cuda as _cuda
+from ..batch import parts as _parts
+from ..checks import validate as v
+from .saved import GATES, STATES, EmptySaved, array_module_of, bias_shape, empty_saved
+
+
+_KERNELS = __package__.rpartition(".")[0]  # kernels (or fastrnn.kernels)
 
 
 def _cuda_function(cell, name):
     reason = _cuda.missing_reason()
     if reason is not None:
         raise RuntimeError(f"{name} got CuPy arrays, but {reason}")
-    return getattr(importlib.import_module(f"{__package__}.{cell}.cuda"), name)
+    return getattr(importlib.import_module(f"{_KERNELS}.{cell}.cuda"), name)
 
 
 def _work(x, kernel):
-    """A call's work (kernels._parts.work) from x's [B, T, I] (either order of B and T)
+    """A call's work (kernels.batch.parts.work) from x's [B, T, I] (either order of B and T)
     and the kernel [I, G*H]; None when they are not arrays of those ranks (the
     kernel's own checks then raise their errors)."""
     if getattr(x, "ndim", 0) != 3 or getattr(kernel, "ndim", 0) != 2:
@@ -111,7 +116,7 @@ def backward(cpu_function, cell, recurrent=False):
     return dispatch
 
 
-# The empty batch (its `saved`: kernels._saved.EmptySaved). -----------------------
+# The empty batch (its `saved`: kernels.entry.saved.EmptySaved). -----------------------
 
 
 def _empty_batch(x):

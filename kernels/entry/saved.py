@@ -4,10 +4,10 @@ the `saved` of a call over an empty batch.
 `saved_arrays` lists the arrays of a cell's `saved` that its forward's inputs cannot
 rebuild; `restore_saved` rebuilds the object from them and those inputs (the
 TensorFlow glue carries them between its forward and backward calls). `EmptySaved`
-stands for the `saved` of a forward over an empty batch (kernels._dispatch answers
+stands for the `saved` of a forward over an empty batch (kernels.entry.dispatch answers
 those calls without a kernel).
 
-Depends on kernels._validate and kernels._cuda only (the import layers: _validate,
+Depends on kernels.checks.validate and kernels.gpu.cuda only (the import layers: _validate,
 then _saved, then _dispatch).
 """
 
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _cuda
-from . import _validate as v
+from ..gpu import cuda as _cuda
+from ..checks import validate as v
 
+_KERNELS = __package__.rpartition(".")[0]  # kernels (or fastrnn.kernels)
 SAVED_CLASSES = {"gru": "GRUSaved", "lstm": "LSTMSaved", "mingru": "MinGRUSaved",
                   "simple_rnn": "SimpleRNNSaved"}
 GATES = {"gru": 3, "lstm": 4, "mingru": 2, "simple_rnn": 1}
@@ -58,7 +59,7 @@ class EmptySaved:
 
     def carried_arrays(self):
         """As many empty arrays as saved_arrays carries for the cell."""
-        cls = getattr(importlib.import_module(f"{__package__}.{self.cell}.cpu"),
+        cls = getattr(importlib.import_module(f"{_KERNELS}.{self.cell}.cpu"),
                       SAVED_CLASSES[self.cell])
         return [self.xp.empty((0,), self.dtype) for _ in _plan(cls)[0]]
 
@@ -141,7 +142,7 @@ def restore_saved(cls, arrays, x, mask, kernel, recurrent_kernel, recurrent_mask
         mask_tm, first = _cuda.time_major_mask(xp, mask, batch, time, go_backwards)
         x_tm = _cuda.to_time_major(xp, x, go_backwards)
     else:
-        from ._cpu_common import time_major_mask, to_time_major
+        from ..fastmath.common import time_major_mask, to_time_major
 
         xp = np
         mask_tm, first = time_major_mask(mask, batch, time, go_backwards)

@@ -4,7 +4,7 @@ launches on CuPy's stream, per-dtype kernel sets, and device math.
 The CUDA kernels take CuPy arrays and give CuPy arrays back. The GEMMs over
 all steps go through CuPy (cuBLAS); each recurrence runs as one numba.cuda
 "loop kernel" per call (one block per batch row, every step inside the kernel,
-see kernels/_cuda_block.py), and the scans and minGRU passes as numba.cuda
+see kernels/gpu/block.py), and the scans and minGRU passes as numba.cuda
 kernels; all are launched on CuPy's current stream so that they queue in order
 with the GEMMs and nothing synchronizes inside a call.
 
@@ -197,7 +197,7 @@ def row_plan(dtype, depth, mats):
 
     depth: the longest vector a matvec reads; mats: (rows, cols) of each
     recurrent matrix, whose first rows are cached in the same proportion, as
-    many as fit (see kernels/_cuda_block.py for the layout).
+    many as fit (see kernels/gpu/block.py for the layout).
     """
     itemsize = np.dtype(dtype).itemsize
     base = rows_threads() + depth

@@ -1,7 +1,7 @@
 """Device functions for the loop kernels, in which one block runs a batch row through every step.
 
 A module of its own because it needs `cuda` as a module global (the simulator
-swaps that name inside kernels), and kernels/_cuda.py must import without numba-cuda.
+swaps that name inside kernels), and kernels/gpu/cuda.py must import without numba-cuda.
 
 Shared memory of a loop kernel (dynamic, one array; see _cuda.launch_rows):
 
@@ -104,7 +104,7 @@ def block_math(F):
                     acc += vs[u64(k)] * mat[k, c]
                 out[c] = acc
 
-    # Per-gate recurrent dropout (kernels/_dropout.py): masks [G*H] for this row, mats
+    # Per-gate recurrent dropout (kernels/fastmath/dropout.py): masks [G*H] for this row, mats
     # [G, H, H] the gate blocks U_g (or their transposes), rows hm / part [G*H] in global
     # memory; matvec reads no cached rows here (cached 0: vs stands in for the cache).
 

@@ -14,9 +14,9 @@ Each gate's block of U is copied (and packed for the micro-kernel) once per call
 
 import numpy as np
 
-from ._blas import gemm_tn
-from ._cpu_common import jit
-from ._microgemm import _pack, _pack_transposed, _packed_length, product
+from ..blas.binding import gemm_tn
+from ..runtime.options import jit
+from ..blas.microgemm import _pack, _pack_transposed, _packed_length, product
 
 
 @jit

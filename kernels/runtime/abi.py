@@ -140,7 +140,7 @@ def register(name, factory, args):
     array args (its last slot the done flag) and returns whether the core finished
     (False: it raised, and Numba printed why; or it was never `ensure`d)."""
     if name not in CORES:
-        raise ValueError(f"core {name!r} has no slot: add it to kernels._abi.CORES")
+        raise ValueError(f"core {name!r} has no slot: add it to kernels.runtime.abi.CORES")
     ARGS[name] = args
     _factories[name] = factory
     _modules[name] = factory.__module__
@@ -348,7 +348,7 @@ def _start_aside(names, suffix):
         except OSError:
             return  # no helper: ensure compiles them here
         command = [sys.executable, "-c",
-                   "import sys; from fastrnn.kernels import _abi; _abi.compile_here(sys.argv[1:])",
+                   "import sys; from fastrnn.kernels.runtime import abi; abi.compile_here(sys.argv[1:])",
                    dtype, claims] + [f"{_modules[name]}:{name}" for name in names]
         try:
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,

@@ -61,7 +61,7 @@ def empty(shape, dtype):
     with _lock:
         # The smallest idle buffer that fits: a first fit let a small request take
         # a buffer twice its size that a larger request of the same call then
-        # missed, and a split call (kernels._parts: parts' arrays half the size of
+        # missed, and a split call (kernels.batch.parts: parts' arrays half the size of
         # the joined outputs) page-faulted fresh buffers for several calls.
         best = None
         for i in range(len(_buffers)):

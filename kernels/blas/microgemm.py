@@ -20,7 +20,7 @@ per-step shapes), OpenBLAS against this:
 
 It runs on one core only, so the kernels use it where their BLAS would run on
 one thread anyway (`wanted`): in the parts of a split call, in small calls
-(kernels._dispatch holds OpenBLAS at one thread), and in the Keras layers'
+(kernels.entry.dispatch holds OpenBLAS at one thread), and in the Keras layers'
 one-thread calls. Elsewhere (a mid-sized call that OpenBLAS spreads over the
 cores), and on hosts without AVX2 and FMA, the kernels call BLAS as before.
 
@@ -40,9 +40,9 @@ from numba import carray, cfunc, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic, overload
 
-from . import _blas
-from ._blas import gemm
-from ._cpu_common import jit
+from . import binding as _blas
+from .binding import gemm
+from ..runtime.options import jit
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -325,7 +325,7 @@ def gemm_packed(a, packed, columns, c, accumulate):
 
 
 # The micro-kernels are compiled once per dtype, as cfuncs bound to fixed symbol
-# names, and every caller links to them by name (as kernels._blas does for BLAS)
+# names, and every caller links to them by name (as kernels.blas.binding does for BLAS)
 # rather than carrying their IR: Numba re-optimizes a callee's IR in every function
 # that calls it, and the unrolled micro-kernels made each level of callers cost
 # about 5 s of cold compile (the GRU cores and the TF op kernels that call them:

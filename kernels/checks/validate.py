@@ -75,7 +75,7 @@ def expect_shape(value, name, shape, meaning):
 
 def check_x(x, xp=np, empty_batch=False):
     """x as a C-contiguous float [B, T, I]. `empty_batch`: B = 0 is allowed (the
-    public entry points answer it without running a kernel, see kernels._dispatch);
+    public entry points answer it without running a kernel, see kernels.entry.dispatch);
     an empty time or feature axis never is."""
     x = float_array(x, "x", xp=xp)
     if x.ndim != 3:

@@ -91,13 +91,13 @@ def gemm(a, b, out, accumulate):
 
     Callable from @njit code only.
     """
-    raise NotImplementedError("fastrnn.kernels._blas.gemm is callable from @njit code only")
+    raise NotImplementedError("fastrnn.kernels.blas.binding.gemm is callable from @njit code only")
 
 
 def gemm_tn(a, b, out, accumulate):
     """out = a.T @ b, or out += a.T @ b when accumulate; a [K, M], b [K, N] and out
     [M, N] C-contiguous, one dtype. Callable from @njit code only."""
-    raise NotImplementedError("fastrnn.kernels._blas.gemm_tn is callable from @njit code only")
+    raise NotImplementedError("fastrnn.kernels.blas.binding.gemm_tn is callable from @njit code only")
 
 
 def _overload_gemm(fn, trans_a):

@@ -8,24 +8,15 @@ with respect to x are reversed once on the way out.
 """
 
 import numpy as np
-from numba import carray, cfunc, njit
+from numba import carray, cfunc
 
-from . import _abi, _pool
-from ._blas import gemm, gemm_tn
-from ._math import sigmoid as fast_sigmoid
-from ._math import tanh as fast_tanh
+from ..runtime import abi as _abi
+from ..runtime.options import OPTIONS, inline_jit, jit  # noqa: F401 - the cells' launchers take them from here
+from ..batch import pool as _pool
+from ..blas.binding import gemm, gemm_tn
+from .functions import sigmoid as fast_sigmoid
+from .functions import tanh as fast_tanh
 
-# Every kernel: cached on disk, and numpy's error model so that divisions carry
-# no zero-check branch and the elementwise loops vectorize. fastmath "contract"
-# only: a * b + c may become one fused multiply-add (one rounding instead of two;
-# no assumption about NaN, infinities or signed zeros), which made the float32
-# sigmoid 1.05 -> 0.69 ns and tanh 1.57 -> 1.11 ns per element here. nogil:
-# calls from several threads run at once (the two directions of a Bidirectional
-# layer on TensorFlow's thread pool, or a user's own threads).
-OPTIONS = dict(cache=True, error_model="numpy", fastmath={"contract"}, nogil=True)
-jit = njit(**OPTIONS)
-# A core: inlined (as Numba IR) into the one cfunc that runs it (kernels._abi).
-inline_jit = njit(inline="always", **OPTIONS)
 
 # Activation codes as in _validate.ACTIVATIONS:
 # 0 tanh, 1 relu, 2 sigmoid, 3 linear, 4 hard_sigmoid.
@@ -194,7 +185,7 @@ def block_gradients(d_x, d_h, h_prev, x_tm, kernel_t, lo, hi, time, dx_tm, d_ker
 @jit
 def block_input_gradients(d_x, x_tm, kernel_t, lo, hi, time, dx_tm, d_kernel):
     """block_gradients' dx_tm[lo:hi] = d_x W^T and d_kernel += x^T d_x alone (the
-    recurrent kernel's share computed otherwise: kernels._dropout)."""
+    recurrent kernel's share computed otherwise: kernels.fastmath.dropout)."""
     n = (hi - lo) * d_x.shape[1]
     width, inputs = d_x.shape[2], x_tm.shape[2]
     dx2 = d_x.reshape(n, width)
@@ -261,7 +252,7 @@ def prepare(x, mask, has_mask, go_backwards, x_tm, mask_tm, first):
     mask_into(mask, has_mask, go_backwards, mask_tm, first)
 
 
-# prepare compiled once per dtype (kernels._abi), for the TensorFlow backward ops
+# prepare compiled once per dtype (kernels.runtime.abi), for the TensorFlow backward ops
 # (fastrnn/ops/native/cells.py), which rebuild x_tm from x: one copy of its code for every cell. Args:
 # addresses of x, mask, x_tm, mask_tm, first; batch, time, inputs, has_mask,
 # go_backwards; the done flag.

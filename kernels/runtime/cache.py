@@ -20,7 +20,7 @@ import functools
 import hashlib
 import os
 
-_KERNELS = os.path.dirname(os.path.abspath(__file__))
+_KERNELS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kernels/
 _trees = {_KERNELS: ()}  # tree -> the trees whose code its functions also compile in
 
 

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _blas, _microgemm, _pool
-from . import _validate as v
+from ..blas import binding as _blas
+from ..blas import microgemm as _microgemm
+from . import pool as _pool
+from ..checks import validate as v
 
 # Below this much work, B * T * G*H * (I + G*H) (the products' multiply-adds are
 # B * T * G*H * (I + H)), a call is one part: handing a part to another thread costs
@@ -46,7 +48,7 @@ SMALL_WORK = 1 << 27
 # B8 (4 rows a part) 51 against 66 ms, B4 (2 rows) 42 against 43 ms.
 MIN_ROWS = 4
 
-# Below this much work a call runs with a one-thread OpenBLAS (kernels._dispatch).
+# Below this much work a call runs with a one-thread OpenBLAS (kernels.entry.dispatch).
 # Measured forward+backward here, OpenBLAS' two threads against one: SimpleRNN B32
 # T15 0.28 / 0.22 ms, GRU B32 T15 0.78 / 0.62 ms, SimpleRNN B16 T64 H128 3.3 / 2.6
 # ms (work 0.19 SMALL_WORK), but GRU B16 T16 H128 2.3 / 2.8 ms (0.33 SMALL_WORK).
@@ -122,7 +124,7 @@ def work(batch, time, inputs, width):
 def few_rows(batch):
     """Whether a call with too few rows to split (batch < 2 * MIN_ROWS) should run on one
     thread however large it is: the per-step product on one core with packed weights
-    (kernels._microgemm) beats OpenBLAS' two threads on a few rows. Measured here,
+    (kernels.blas.microgemm) beats OpenBLAS' two threads on a few rows. Measured here,
     forward+backward float32, one thread against two: GRU B1 T1024 H128 11.1 / 30.8
     ms, LSTM B4 T256 H256 27.4 / 47.3 ms, GRU B2 T256 H512 51.2 / 110.0 ms (a 3 MiB
     recurrent kernel), SimpleRNN B6 T256 H384 22.1 / 41.3 ms."""

@@ -1,0 +1,1 @@
+"""Splitting a call's batch over the cores (parts) and the scratch buffers it reuses (pool)."""

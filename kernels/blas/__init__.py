@@ -1,0 +1,1 @@
+"""Matrix products: OpenBLAS' sgemm/dgemm bound for @njit code (binding) and the small-row micro-kernels (microgemm)."""
