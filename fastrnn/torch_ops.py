@@ -14,6 +14,8 @@ tracing keeps Keras' loop (the layers' fallback reason); torch.compile sees each
 call as one opaque function (`torch.compiler.disable`: a graph break around it).
 """
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
@@ -84,45 +86,23 @@ class _Arrays:
         return np.ascontiguousarray(t.numpy())
 
     def to_tensor(self, a):
+        """An output back on the inputs' device (a no-op on the CPU)."""
         if a is None:
             return None
         if self.gpu:
             return torch.from_dlpack(a)
-        return torch.from_numpy(a).to(self.device) if self.device.type != "cpu" \
-            else torch.from_numpy(a)
+        return torch.from_numpy(a).to(self.device)
 
     def stream(self):
         """A context in which the kernels launch on torch's current stream."""
-        if not self.gpu:
-            return _NoStream()
-        import cupy
+        stack = contextlib.ExitStack()
+        if self.gpu:
+            import cupy
 
-        stream = torch.cuda.current_stream(self.device)
-        return _Both(cupy.cuda.Device(self.device.index or 0),
-                     cupy.cuda.ExternalStream(stream.cuda_stream))
-
-
-class _NoStream:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Both:
-    def __init__(self, *contexts):
-        self.contexts = contexts
-
-    def __enter__(self):
-        for c in self.contexts:
-            c.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)
-        return False
+            stream = torch.cuda.current_stream(self.device)
+            stack.enter_context(cupy.cuda.Device(self.device.index or 0))
+            stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream))
+        return stack
 
 
 class _Kernels(torch.autograd.Function):
@@ -176,7 +156,7 @@ def _run(forward, backward, x, states, weights, mask, recurrent_mask, device):
     tensors = ([cast(x)] + [cast(s) for s in states] + [cast(w) for w in weights]
                + [None if mask is None else mask.to(torch.bool), cast(recurrent_mask)])
     results = _Kernels.apply(_Call(forward, backward, arrays), *tensors)
-    return tuple(r.to(device=x.device, dtype=x.dtype) for r in results)
+    return tuple(r.to(x.dtype) for r in results)
 
 
 def gru(x, h0, kernel, recurrent_kernel, bias, mask=None, *, reset_after=True,

@@ -325,9 +325,7 @@ class FastRNNMixin:
             if m_shape is not None and len(m_shape) != 2:
                 raise ValueError(f"{self.name}: mask must have shape [batch, time], got shape "
                                  f"{mask.shape} for inputs of shape {sequences.shape}")
-            for axis, name in ((0, "batch"), (1, "time")):
-                if m_shape is None or x_shape is None:
-                    break
+            for axis, name in ((0, "batch"), (1, "time")) if m_shape and x_shape else ():
                 m, s = m_shape[axis], x_shape[axis]
                 if m is not None and s is not None and m != s:
                     raise ValueError(f"{self.name}: mask must have shape [batch, time] matching "

@@ -167,6 +167,7 @@ def test_mingru_matches_its_keras_loop():
 
 def test_mixed_precision_computes_in_float32():
     keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
     try:
         ref, fast = keras.layers.GRU(H, return_sequences=True), fastrnn.GRU(H, return_sequences=True)
         ref.build((None, None, I))
@@ -175,8 +176,10 @@ def test_mixed_precision_computes_in_float32():
         x = torch.tensor(data())
         y_ref, y_fast = ref(x), fast(x)
         assert y_fast.dtype == torch.float16 == y_ref.dtype
+        # Keras rounds every step to float16, the kernels round once at the end: worst
+        # seen over 10 seeds 6.1e-4, 1.25 float16 ulps at [0.5, 1) (4.9e-4); two ulps here.
         np.testing.assert_allclose(y_fast.float().detach().numpy(),
-                                   y_ref.float().detach().numpy(), atol=5e-3)
+                                   y_ref.float().detach().numpy(), atol=1e-3)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
