@@ -15,12 +15,16 @@ call as one opaque function (`torch.compiler.disable`: a graph break around it).
 """
 
 import contextlib
+import functools
+import os
 
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from fastrnn import kernels
+from fastrnn.kernels.batch import openmp as _openmp
+from fastrnn.kernels.batch import parts as _parts
 from fastrnn.kernels.checks import validate as _validate
 from fastrnn.kernels.gpu import cuda as _cuda
 
@@ -51,6 +55,16 @@ def _use_gpu(x, device):
             raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
         return True
     return False
+
+
+@functools.cache
+def _torch_team():
+    """torch's OpenMP runtime as a kernels.batch.parts.team runner, or None (another
+    parallel backend, or no OpenMP library found)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    path = _openmp.loaded(prefer=os.path.dirname(torch.__file__))
+    return None if path is None else _openmp.runner(path)
 
 
 def route_name(x, device):
@@ -94,8 +108,12 @@ class _Arrays:
         return torch.from_numpy(a).to(self.device)
 
     def stream(self):
-        """A context in which the kernels launch on torch's current stream."""
+        """A context in which the kernels launch on torch's current stream, or on the
+        CPU split their batch over torch's OpenMP threads (kernels.batch.openmp: its
+        workers would spin beside threads of another team)."""
         stack = contextlib.ExitStack()
+        if not self.gpu and _torch_team() is not None:
+            stack.enter_context(_parts.team(_torch_team(), torch.get_num_threads()))
         if self.gpu:
             import cupy
 

@@ -103,12 +103,30 @@ def unsplit():
         _local.depth = depth
 
 
+@contextlib.contextmanager
+def team(runner, threads):
+    """This thread's split calls run their parts on another thread team while inside:
+    `runner(n, base)` calls run_part(base + i) for parts i < n at once, each on a
+    thread of its own (a part it leaves out runs on the calling thread afterwards),
+    and `threads` is the team's size. fastrnn.torch_ops
+    runs them on torch's OpenMP threads, which would otherwise spin beside them."""
+    previous = getattr(_local, "team", None)
+    _local.team = (runner, threads)
+    try:
+        yield
+    finally:
+        _local.team = previous
+
+
 def available_threads():
-    """How many parts a call may run in at once: OpenBLAS' thread count (1 where
-    NumPy's BLAS is not OpenBLAS, while a thread limit is held, or inside
-    `unsplit`)."""
+    """How many parts a call may run in at once: OpenBLAS' thread count, or the
+    `team`'s size inside one (1 where NumPy's BLAS is not OpenBLAS, while a thread
+    limit is held, or inside `unsplit`)."""
     if _OPENBLAS is None or _blas.holders() > 0 or getattr(_local, "depth", 0):
         return 1
+    chosen = getattr(_local, "team", None)
+    if chosen is not None:
+        return max(1, chosen[1])
     _, current, started = _OPENBLAS
     # gotoblas_pthread hands part i > 0 to worker i - 1: only as many parts as there
     # are started workers (plus the calling thread), or it would wait forever.
@@ -172,32 +190,41 @@ _jobs = {}
 _job_ids = itertools.count()
 
 
-def _run_part(argument):
+def run_part(argument):
+    """Part i of job j, for argument j * _JOB_PARTS + i (the callback of `run`'s threads)."""
     job, i = divmod(argument, _JOB_PARTS)
-    fn, results, errors = _jobs[job]
+    fn, results, errors, started = _jobs[job]
+    started[i] = True
     try:
         results[i] = fn(i)
     except BaseException as error:  # noqa: BLE001 - re-raised by run, in the caller
         errors.append(error)
 
 
-_CALLBACK = _PART(_run_part)
+_CALLBACK = _PART(run_part)
 _CALLBACK_ADDRESS = ctypes.cast(_CALLBACK, ctypes.c_void_p).value
 
 
 def run(fn, n):
-    """[fn(0), ..., fn(n - 1)] at once on OpenBLAS' threads (fn(0) on this one), with
-    a one-thread BLAS inside; an exception in any part is raised here."""
+    """[fn(0), ..., fn(n - 1)] at once on OpenBLAS' threads, or the `team`'s (fn(0) on
+    this one), with a one-thread BLAS inside; an exception in any part is raised here."""
     if n == 1:
         return [fn(0)]
     if n >= _JOB_PARTS:
         raise ValueError(f"at most {_JOB_PARTS - 1} parts, got {n}")
     job = next(_job_ids)
-    results, errors = [None] * n, []
-    _jobs[job] = (fn, results, errors)
+    results, errors, started = [None] * n, [], [False] * n
+    _jobs[job] = (fn, results, errors, started)
+    chosen = getattr(_local, "team", None)
     _blas.hold_threads(1)
     try:
-        _OPENBLAS[0](n, _CALLBACK_ADDRESS, job * _JOB_PARTS, 1)
+        if chosen is None:
+            _OPENBLAS[0](n, _CALLBACK_ADDRESS, job * _JOB_PARTS, 1)
+        else:
+            chosen[0](n, job * _JOB_PARTS)
+        for i in range(n):  # what a smaller team than asked for left out
+            if not started[i]:
+                run_part(job * _JOB_PARTS + i)
     finally:
         _blas.release_threads()
         del _jobs[job]

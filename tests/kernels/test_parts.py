@@ -220,3 +220,34 @@ def test_split_calls_with_per_gate_dropout_masks(rng, force_split, cell, gates, 
                                    recurrent_mask=recurrent_mask)
     parts = min(_parts.available_threads(), B)
     assert force_split == [parts, parts]
+
+
+def test_a_team_runs_the_parts_and_the_caller_runs_what_it_left_out(force_split):
+    # parts.team: the parts go to the team's runner; a part it did not start (a team
+    # smaller than asked for) runs on the calling thread afterwards, once.
+    asked = []
+
+    def runner(n, base):
+        asked.append(n)
+        _parts.run_part(base)  # part 0 only, on this thread
+
+    calls = []
+    with _parts.team(runner, 3):
+        assert _parts.available_threads() == 3
+        assert _parts.run(lambda i: calls.append(i) or i * 10, 3) == [0, 10, 20]
+    assert asked == [3] and sorted(calls) == [0, 1, 2]
+    assert _parts.available_threads() <= _parts._OPENBLAS[2].value  # the team is gone
+
+
+def test_an_error_in_a_team_part_is_raised_in_the_caller(force_split):
+    def runner(n, base):
+        for i in range(n):
+            _parts.run_part(base + i)
+
+    def part(i):
+        if i == 1:
+            raise KeyError("part 1")
+        return i
+
+    with _parts.team(runner, 2), pytest.raises(KeyError, match="part 1"):
+        _parts.run(part, 2)

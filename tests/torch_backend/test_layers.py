@@ -223,3 +223,39 @@ def test_torch_compile_runs_the_kernels_as_one_opaque_call():
     compiled = torch.compile(lambda v: fast(v), backend="eager")
     np.testing.assert_allclose(compiled(x).detach().numpy(), want, rtol=1e-6, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_split_calls_run_on_torchs_openmp_team(cell, monkeypatch):
+    # A call large enough to split runs its parts on torch's OpenMP threads (one
+    # part per thread of torch's, each on a thread of its own) and matches Keras.
+    # (OpenBLAS' threads call the original parts.run_part, bound at import: the spy
+    # sees only the team's calls.)
+    from fastrnn import torch_ops
+    from fastrnn.kernels.batch import parts
+
+    runner = torch_ops._torch_team()
+    assert runner is not None, "torch's CPU build on Linux runs on libgomp"
+    idents = []
+    run_part = parts.run_part
+
+    def spy(argument):
+        import threading
+
+        idents.append(threading.get_ident())
+        run_part(argument)
+
+    monkeypatch.setattr(parts, "SMALL_WORK", 0)
+    monkeypatch.setattr(parts, "ONE_THREAD_WORK", 0)
+    monkeypatch.setattr(parts, "MIN_ROWS", 1)
+    monkeypatch.setattr(parts, "run_part", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, fast = pair(cell, return_sequences=True, return_state=True)
+        x = data(batch=4)
+        assert_same(run(ref, x), run(fast, x), "float32")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(idents) == 4  # forward and backward, two parts each
+    assert len(set(idents[:2])) == 2 and len(set(idents[2:])) == 2
