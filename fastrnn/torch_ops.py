@@ -111,15 +111,17 @@ class _Arrays:
         """A context in which the kernels launch on torch's current stream, or on the
         CPU split their batch over torch's OpenMP threads (kernels.batch.openmp: its
         workers would spin beside threads of another team)."""
-        stack = contextlib.ExitStack()
-        if not self.gpu and _torch_team() is not None:
-            stack.enter_context(_parts.team(_torch_team(), torch.get_num_threads()))
-        if self.gpu:
-            import cupy
+        if not self.gpu:
+            runner = _torch_team()
+            if runner is None:
+                return contextlib.nullcontext()
+            return _parts.team(runner, torch.get_num_threads())
+        import cupy
 
-            stream = torch.cuda.current_stream(self.device)
-            stack.enter_context(cupy.cuda.Device(self.device.index or 0))
-            stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream))
+        stack = contextlib.ExitStack()
+        stream = torch.cuda.current_stream(self.device)
+        stack.enter_context(cupy.cuda.Device(self.device.index or 0))
+        stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream))
         return stack
 
 

@@ -103,19 +103,25 @@ def unsplit():
         _local.depth = depth
 
 
-@contextlib.contextmanager
-def team(runner, threads):
+class team:
     """This thread's split calls run their parts on another thread team while inside:
     `runner(n, base)` calls run_part(base + i) for parts i < n at once, each on a
     thread of its own (a part it leaves out runs on the calling thread afterwards),
-    and `threads` is the team's size. fastrnn.torch_ops
-    runs them on torch's OpenMP threads, which would otherwise spin beside them."""
-    previous = getattr(_local, "team", None)
-    _local.team = (runner, threads)
-    try:
-        yield
-    finally:
-        _local.team = previous
+    and `threads` is the team's size. fastrnn.torch_ops runs them on torch's OpenMP
+    threads, which would otherwise spin beside them. (A class, not a generator: it
+    wraps every kernel call on the torch backend, small ones included.)"""
+
+    __slots__ = ("chosen", "previous")
+
+    def __init__(self, runner, threads):
+        self.chosen = (runner, threads)
+
+    def __enter__(self):
+        self.previous = getattr(_local, "team", None)
+        _local.team = self.chosen
+
+    def __exit__(self, *exc):
+        _local.team = self.previous
 
 
 def available_threads():
