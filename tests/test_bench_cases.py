@@ -9,10 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# A module fixture computes for the whole file: one xdist worker runs it all
-# (the README's command distributes by these groups).
-pytestmark = pytest.mark.xdist_group("bench_cases")
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -24,10 +24,6 @@ import tensorflow as tf
 import fastrnn
 from fastrnn import _patch, _routes
 
-# A module fixture computes for the whole file: one xdist worker runs it all
-# (the README's command distributes by these groups).
-pytestmark = pytest.mark.xdist_group("patch")
-
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"simple_rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
 KERAS = {cell: getattr(keras.layers, name) for cell, name in NAMES.items()}

@@ -20,7 +20,7 @@ PAGES = [README, *DOCS]
 BENCH_COMMAND = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[bench]" '
                  '&& python -m bench')
 TEST_COMMAND = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" '
-                '&& pytest -q -n auto --maxprocesses 4 --dist loadgroup')
+                '&& pytest -q -n auto --maxprocesses 4 --dist loadscope')
 
 
 def _text(page):

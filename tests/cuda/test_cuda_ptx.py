@@ -17,10 +17,6 @@ import pytest
 
 pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[test]')")
 
-# A module fixture computes for the whole file: one xdist worker runs it all
-# (the README's command distributes by these groups).
-pytestmark = pytest.mark.xdist_group("ptx")
-
 MODULES = ["simple_rnn", "gru", "lstm", "mingru", "scan"]
 CAPABILITIES = [(8, 0), (9, 0)]
 
