@@ -105,7 +105,8 @@ class _Arrays:
             return None
         if self.gpu:
             return torch.from_dlpack(a)
-        return torch.from_numpy(a).to(self.device)
+        t = torch.from_numpy(a)
+        return t if self.device.type == "cpu" else t.to(self.device)
 
     def stream(self):
         """A context in which the kernels launch on torch's current stream, or on the

@@ -16,13 +16,19 @@ from fastrnn import _routes
 from fastrnn.kernels.checks.validate import ACTIVATIONS
 
 
+_KERAS_ACTIVATIONS = {}  # Keras' own functions -> their kernel names, filled at first use
+
+
 def activation_name(fn):
     """Kernel name of a Keras activation function, or None if the kernels lack it."""
     if fn is None:
         return "linear"
-    for name in ACTIVATIONS:  # Keras' own functions, without serializing (which imports
-        if fn is keras.activations.get(name):  # TensorFlow where it is installed)
-            return name
+    if not _KERAS_ACTIVATIONS:
+        _KERAS_ACTIVATIONS.update((keras.activations.get(name), name) for name in ACTIVATIONS)
+    try:  # Keras' own functions first, without serializing (which imports TensorFlow
+        return _KERAS_ACTIVATIONS[fn]  # where it is installed); asked at every call
+    except (KeyError, TypeError):  # TypeError: an unhashable callable
+        pass
     try:
         name = keras.activations.serialize(fn)
     except (ValueError, TypeError):
