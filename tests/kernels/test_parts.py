@@ -251,3 +251,21 @@ def test_an_error_in_a_team_part_is_raised_in_the_caller(force_split):
 
     with _parts.team(runner, 2), pytest.raises(KeyError, match="part 1"):
         _parts.run(part, 2)
+
+
+def test_inside_a_team_a_call_that_will_not_split_holds_openblas_at_one_thread():
+    # OpenBLAS' threads would share the cores with the team's (torch's spinning
+    # OpenMP workers): inside a team only a call that splits leaves the limit alone.
+    def runner(n, base):
+        for i in range(n):
+            _parts.run_part(base + i)
+
+    big, rows = _parts.SMALL_WORK, 16 * _parts.MIN_ROWS
+    assert not _parts.one_thread(big - 1, rows)  # outside: OpenBLAS' threads
+    with _parts.team(runner, 2):
+        assert _parts.one_thread(big - 1, rows)
+        assert not _parts.one_thread(big, rows)
+        assert _parts.one_thread(big, 2 * _parts.MIN_ROWS - 1)
+        assert not _parts.one_thread(big, None)
+    with _parts.team(runner, 1):
+        assert _parts.one_thread(big, rows)
