@@ -63,3 +63,31 @@ def test_wheel_contains_the_kernels_package(tmp_path):
                    "fastrnn/kernels/simple_rnn/cpu.py", "fastrnn/kernels/blas/binding.py"]:
         assert module in names, f"{module} missing from {wheel.name}"
     assert not any(n.startswith("kernels/") for n in names), "a top-level 'kernels' leaked"
+
+
+def test_a_saved_model_loads_right_after_import_fastrnn(tmp_path):
+    # No layer named first: fastrnn registers its layers with Keras as soon as Keras
+    # is imported (before fastrnn or after it), so load_model finds "fastrnn>GRU".
+    path = tmp_path / "model.keras"
+    save = run_python(
+        "import keras, numpy as np, fastrnn\n"
+        "keras.utils.set_random_seed(0)\n"
+        "model = keras.Sequential([keras.Input((5, 2)), fastrnn.GRU(4, return_sequences=True),\n"
+        "                          fastrnn.LSTM(3, return_sequences=True), fastrnn.MinGRU(2)])\n"
+        f"model.save({str(path)!r})\n"
+        f"np.save({str(tmp_path / 'want.npy')!r}, model.predict(np.ones((2, 5, 2)), verbose=0))\n"
+        "print('ok')", cwd=tmp_path)
+    assert save.returncode == 0, save.stderr[-3000:]
+    for imports in ("import fastrnn, keras", "import keras, fastrnn"):
+        load = run_python(
+            f"{imports}\nimport numpy as np\n"
+            f"model = keras.models.load_model({str(path)!r})\n"
+            "names = [type(layer).__module__ for layer in model.layers]\n"
+            "assert names == ['fastrnn.layers.gru', 'fastrnn.layers.lstm',\n"
+            "                 'fastrnn.layers.mingru'], names\n"
+            f"want = np.load({str(tmp_path / 'want.npy')!r})\n"
+            "np.testing.assert_allclose(model.predict(np.ones((2, 5, 2)), verbose=0), want,\n"
+            "                           rtol=1e-6, atol=1e-7)\n"
+            "print('ok')", cwd=tmp_path)
+        assert load.returncode == 0, (imports, load.stderr[-3000:])
+        assert load.stdout.strip().endswith("ok")
