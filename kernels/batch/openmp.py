@@ -39,7 +39,7 @@ def runner(path):
         # Every thread of the team runs this with the same base (None for 0).
         _parts.run_part((base or 0) + thread_num())
 
-    callback = _BODY(body)  # kept alive by the closure below, itself kept by the cache
+    callback = _BODY(body)  # kept alive as run.callback; run itself by the cache
     address = ctypes.cast(callback, ctypes.c_void_p).value
 
     def run(n, base):

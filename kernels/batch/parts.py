@@ -168,8 +168,7 @@ def one_thread(amount, rows=None):
         return False
     chosen = getattr(_local, "team", None)
     if chosen is not None:
-        return (amount < SMALL_WORK or chosen[1] < 2
-                or (rows is not None and rows // MIN_ROWS < 2))
+        return _parts(amount, rows, chosen[1]) == 1
     return amount < ONE_THREAD_WORK or (rows is not None and few_rows(rows))
 
 
@@ -178,13 +177,19 @@ def plan(batch, time, inputs, width, threads=None):
     (G * H) runs in, given `threads` cores (by default `available_threads()`)."""
     # The work first: most calls are small, and asking OpenBLAS for its thread
     # counts (ctypes) costs a few microseconds a call.
-    if work(batch, time, inputs, width) < SMALL_WORK:
+    amount = work(batch, time, inputs, width)
+    if amount < SMALL_WORK:
         return 1
-    if threads is None:
-        threads = available_threads()
-    if threads == 1:
+    return _parts(amount, batch, available_threads() if threads is None else threads)
+
+
+def _parts(amount, batch, threads):
+    """plan's rule: one part below SMALL_WORK or on one thread, else one per thread
+    with at least MIN_ROWS rows each (`batch` None: unknown, as many as threads)."""
+    if amount < SMALL_WORK or threads < 2:
         return 1
-    return max(1, min(threads, batch // MIN_ROWS))
+    rows = threads * MIN_ROWS if batch is None else batch
+    return max(1, min(threads, rows // MIN_ROWS))
 
 
 def slices(batch, parts):
